@@ -1,0 +1,114 @@
+"""`pyro-vae COMMAND ...`: each command registers its parser and its action here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from .errors import UserError
+
+# name -> (help, add_arguments(parser), run(args) -> exit code)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    def register(run):
+        COMMANDS[name] = (help, add_arguments, run)
+        return run
+
+    return register
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+TRAIN_FLAGS: list[tuple[str, type, str]] = [
+    ("dataset", str, "mnist or fashion-mnist"),
+    ("data-dir", str, "folder holding <Name>/raw/*-ubyte[.gz] (else $PYRO_VAE_DATA, the cache, a download)"),
+    ("guide", str, "guide name (gaussian, delta, ...)"),
+    ("prior", str, "prior name (standard-normal, ...)"),
+    ("likelihood", str, "likelihood name (bernoulli, ...)"),
+    ("objective", str, "objective name (trace, meanfield, ...)"),
+    ("num-particles", int, "particles per ELBO estimate"),
+    ("beta", float, "weight of the latent site's log-densities (0: plain AE with the delta guide)"),
+    ("latent-dim", int, "size of the code z"),
+    ("network", str, "encoder/decoder network (mlp, conv)"),
+    ("hidden-dim", int, "hidden width of the MLP"),
+    ("epochs", int, "epochs to train (with --resume: the new total)"),
+    ("batch-size", int, "images per step"),
+    ("lr", float, "Adam learning rate"),
+    ("seed", int, "seed for weights, batches, binarisation and noise"),
+    ("device", str, "cpu or cuda"),
+    ("binarize", str, "dynamic, fixed or none"),
+    ("train-limit", int, "use only this many training images"),
+    ("test-limit", int, "use only this many test images"),
+    ("split-seed", int, "seed of the train/test split carved from a single-split dataset"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other user error
+        raise UserError(f"{message} (see pyro-vae {self.prog.split()[-1]} --help)")
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    for flag, kind, text in TRAIN_FLAGS:
+        p.add_argument(f"--{flag}", type=kind, default=argparse.SUPPRESS, help=text)
+    p.add_argument("--config", help="TOML file with the same settings (flags override it)")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
+    p.add_argument("--force", action="store_true", help="replace a non-empty run folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command("train", "train one model into a run folder", _train_arguments)
+def _train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig, read_toml
+    from .train import resume, train
+
+    flags = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in TRAIN_FLAGS if hasattr(args, flag.replace("-", "_"))}
+    if args.resume:
+        extra = sorted(set(flags) - {"epochs"}) + (["--config"] if args.config else []) + (["--out"] if args.out else [])
+        if extra:
+            raise UserError(f"--resume takes its settings from the run folder; drop {', '.join(extra)} (only --epochs may change)")
+        resume(args.resume, flags.get("epochs"), progress=not args.no_progress)
+        return 0
+    if not args.out:
+        raise UserError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    cfg = TrainConfig()
+    if args.config:
+        cfg.update(read_toml(args.config), args.config)
+    cfg.update(flags, "flags")
+    run = train(cfg, args.out, force=args.force, progress=not args.no_progress)
+    print(run)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="pyro-vae", description="Variational autoencoders as Pyro programs, and studies comparing them.")
+    p.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sp)
+        sp.set_defaults(run=run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+        return args.run(args)
+    except UserError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted; finished epochs are kept in the run folder (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

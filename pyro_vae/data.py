@@ -1,0 +1,327 @@
+"""Datasets as in-memory tensors: where they come from, their splits, and binarisation.
+
+Files are read in torchvision's ``<root>/<Name>/raw/`` layout with torchvision's IDX reader.
+Gzipped files are decompressed into the project's own cache, never next to the originals.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import DataError
+from .registry import Registry
+
+IMAGE_MAGIC = 2051
+LABEL_MAGIC = 2049
+PIXELS = 28 * 28
+EMBEDDED_ROOT = Path(__file__).parent / "_data"
+EMBEDDED_NOTE = (
+    "using the MNIST sample shipped with pyro-vae (the 10,000-image MNIST test split, "
+    "LeCun, Cortes & Burges, CC BY-SA 3.0); pass --data-dir or set PYRO_VAE_DATA for the full data"
+)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    folder: str  # torchvision's class name and folder name
+    torchvision_class: str
+    class_names: tuple[str, ...]
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+DATASETS.register("mnist")(DatasetSpec("MNIST", "MNIST", tuple(str(i) for i in range(10))))
+DATASETS.register("fashion-mnist")(
+    DatasetSpec(
+        "FashionMNIST",
+        "FashionMNIST",
+        ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"),
+    )
+)
+
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def cache_dir() -> Path:
+    """The per-user cache: $PYRO_VAE_CACHE, else $XDG_CACHE_HOME/pyro-vae, else ~/.cache/pyro-vae."""
+    if os.environ.get("PYRO_VAE_CACHE"):
+        return Path(os.environ["PYRO_VAE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pyro-vae"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading IDX files
+
+
+def _find(raw: Path, name: str) -> Path | None:
+    for candidate in (raw / name, raw / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _plain_copy(path: Path, digest: str) -> Path:
+    """An uncompressed file torchvision's reader can open: the file itself or a cached decompression."""
+    if path.suffix != ".gz":
+        return path
+    target = cache_dir() / "idx" / digest[:16] / path.stem
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path} is not a readable gzip file ({e}); download it again") from None
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return target
+
+
+def read_idx(path: Path, magic: int) -> tuple[torch.Tensor, str]:
+    """Read one IDX file (plain or .gz) after checking its header; returns (tensor, sha256 of the file)."""
+    digest = _sha256(path)
+    plain = _plain_copy(path, digest)
+    with open(plain, "rb") as f:
+        header = f.read(16)
+    size = plain.stat().st_size
+    if len(header) < 8 or int.from_bytes(header[:4], "big") != magic:
+        found = int.from_bytes(header[:4], "big") if len(header) >= 4 else None
+        raise DataError(
+            f"{path} has IDX magic number {found}, expected {magic} "
+            f"({'images' if magic == IMAGE_MAGIC else 'labels'}); is it the right file?"
+        )
+    ndim = magic % 256
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated: its header is incomplete; download it again")
+    dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(torch.tensor(dims).prod())
+    if size != expected:
+        raise DataError(
+            f"{path} is truncated or padded: its header promises {expected} bytes, the file holds {size}; "
+            "download it again"
+        )
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    reader = read_image_file if magic == IMAGE_MAGIC else read_label_file
+    return reader(str(plain)), digest
+
+
+def read_split(raw: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(images float32 (N, 784) in [0, 1], labels int64 (N,), provenance) of one split in `raw`."""
+    image_name, label_name = SPLIT_FILES[split]
+    image_path, label_path = _find(raw, image_name), _find(raw, label_name)
+    missing = [n for n, p in ((image_name, image_path), (label_name, label_path)) if p is None]
+    if missing:
+        raise DataError(f"{raw} lacks {', '.join(missing)} (or .gz) for the {split} split")
+    images, image_sha = read_idx(image_path, IMAGE_MAGIC)
+    labels, label_sha = read_idx(label_path, LABEL_MAGIC)
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"{image_path} holds {tuple(images.shape[1:])} images, expected 28x28")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels; "
+            "the two files must come from the same split"
+        )
+    provenance = {
+        "images": str(image_path),
+        "images_sha256": image_sha,
+        "labels": str(label_path),
+        "labels_sha256": label_sha,
+        "count": len(images),
+    }
+    x = images.reshape(len(images), PIXELS).to(torch.float32).div_(255.0)
+    return x, labels.to(torch.int64), provenance
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the data
+
+
+def _available_splits(raw: Path) -> list[str]:
+    return [s for s, names in SPLIT_FILES.items() if any(_find(raw, n) for n in names)]
+
+
+def _download(spec: DatasetSpec, root: Path) -> None:
+    import torchvision.datasets as tvd
+
+    getattr(tvd, spec.torchvision_class)(root=str(root), train=True, download=True)
+    getattr(tvd, spec.torchvision_class)(root=str(root), train=False, download=True)
+
+
+def locate(
+    dataset: str,
+    data_dir: str | os.PathLike | None = None,
+    download: Callable[[DatasetSpec, Path], None] = _download,
+    notify: Callable[[str], None] = lambda msg: print(f"pyro-vae: {msg}", file=sys.stderr),
+) -> tuple[Path, str]:
+    """(raw folder, origin) for a dataset.
+
+    An explicit folder (``--data-dir``, then ``$PYRO_VAE_DATA``) must hold the data. Otherwise the
+    per-user cache is used, downloading into it with torchvision when empty; if that fails for MNIST,
+    the sample shipped with the package is used and said so.
+    """
+    spec = DATASETS[dataset]
+    explicit = [("--data-dir", data_dir), ("PYRO_VAE_DATA", os.environ.get("PYRO_VAE_DATA"))]
+    for origin, folder in explicit:
+        if folder:
+            raw = Path(folder) / spec.folder / "raw"
+            if not _available_splits(raw):
+                raise DataError(
+                    f"no {dataset} files in {raw} (from {origin}); put torchvision's "
+                    f"{', '.join(n + '.gz' for n in SPLIT_FILES['test'])} (and train-*) there, "
+                    "or unset it to use the cache/download"
+                )
+            return raw, origin
+    cache_root = cache_dir() / "data"
+    raw = cache_root / spec.folder / "raw"
+    if _available_splits(raw):
+        return raw, "cache"
+    try:
+        download(spec, cache_root)
+    except Exception as e:  # torchvision raises RuntimeError/URLError/OSError offline
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if dataset == "mnist":
+            notify(f"download of {dataset} failed ({reason}); {EMBEDDED_NOTE}")
+            return EMBEDDED_ROOT / "MNIST" / "raw", "embedded"
+        raise DataError(
+            f"{dataset} not found in {raw} and the download failed ({reason}); "
+            f"pass --data-dir DIR or set PYRO_VAE_DATA=DIR with DIR/{spec.folder}/raw/*-ubyte.gz"
+        ) from None
+    if not _available_splits(raw):
+        raise DataError(f"download of {dataset} finished but {raw} holds no data files")
+    return raw, "download"
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset in memory
+
+
+@dataclass
+class Data:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    class_names: tuple[str, ...]
+    provenance: dict = field(default_factory=dict)
+    split_indices: dict[str, list[int]] | None = None  # set when the split was carved from one file
+
+
+def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded, per-class split of indices; each class gives round(test_fraction * its size) to test."""
+    gen = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_test = round(test_fraction * len(idx))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(test)).values
+
+
+def load(
+    dataset: str,
+    data_dir: str | os.PathLike | None = None,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    **locate_kw,
+) -> Data:
+    """Load a dataset into memory with a train/test split.
+
+    Where only one split's files exist (MNIST's test split here), a stratified train/test split is
+    carved from it with `split_seed`, and the indices on each side are kept in `split_indices`.
+    `train_limit`/`test_limit` keep the first N images of each side (after a seeded shuffle).
+    """
+    spec = DATASETS[dataset]
+    raw, origin = locate(dataset, data_dir, **locate_kw)
+    splits = _available_splits(raw)
+    provenance: dict = {"dataset": dataset, "origin": origin, "raw_dir": str(raw)}
+    if origin == "embedded":
+        provenance["note"] = EMBEDDED_NOTE
+    split_indices = None
+    if splits == ["train", "test"]:
+        train_x, train_y, provenance["train_file"] = read_split(raw, "train")
+        test_x, test_y, provenance["test_file"] = read_split(raw, "test")
+        provenance["split"] = "official train/test files"
+    else:
+        (only,) = splits
+        x, y, provenance[f"{only}_file"] = read_split(raw, only)
+        train_idx, test_idx = stratified_split(y, test_fraction, split_seed)
+        train_x, train_y, test_x, test_y = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+        split_indices = {"train": train_idx.tolist(), "test": test_idx.tolist()}
+        provenance["split"] = (
+            f"carved from the {only} file only: stratified, seed {split_seed}, "
+            f"{test_fraction:.0%} of each class to test ({len(train_idx)} train / {len(test_idx)} test); "
+            "indices in split.json"
+        )
+        provenance["split_sha256"] = hashlib.sha256(
+            repr((split_indices["train"], split_indices["test"])).encode()
+        ).hexdigest()
+    gen = torch.Generator().manual_seed(split_seed)
+    if train_limit is not None and train_limit < len(train_x):
+        keep = torch.randperm(len(train_x), generator=gen)[:train_limit]
+        train_x, train_y = train_x[keep], train_y[keep]
+        if split_indices:
+            split_indices["train"] = [split_indices["train"][i] for i in keep.tolist()]
+    if test_limit is not None and test_limit < len(test_x):
+        keep = torch.randperm(len(test_x), generator=gen)[:test_limit]
+        test_x, test_y = test_x[keep], test_y[keep]
+        if split_indices:
+            split_indices["test"] = [split_indices["test"][i] for i in keep.tolist()]
+    provenance["train_count"], provenance["test_count"] = len(train_x), len(test_x)
+    return Data(train_x, train_y, test_x, test_y, spec.class_names, provenance, split_indices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Binarisation
+
+
+def _bernoulli(x: torch.Tensor, seed: int) -> torch.Tensor:
+    return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
+
+
+@dataclass(frozen=True)
+class Binarization:
+    """How grey values become Bernoulli observations, per epoch for training and once for test."""
+
+    train: Callable[[torch.Tensor, int, int], torch.Tensor]  # (x, seed, epoch) -> observations
+    test: Callable[[torch.Tensor, int], torch.Tensor]  # (x, seed) -> observations
+
+
+# The test draw uses another stream than any training epoch, so test images are never seen binarised
+# the same way in training.
+_TEST_STREAM = 10_007
+
+BINARIZATIONS: Registry[Binarization] = Registry("binarisation")
+BINARIZATIONS.register("dynamic")(
+    Binarization(lambda x, seed, epoch: _bernoulli(x, seed * 1_000_003 + epoch), lambda x, seed: _bernoulli(x, seed + _TEST_STREAM))
+)
+BINARIZATIONS.register("fixed")(
+    Binarization(lambda x, seed, epoch: _bernoulli(x, seed), lambda x, seed: _bernoulli(x, seed + _TEST_STREAM))
+)
+BINARIZATIONS.register("none")(Binarization(lambda x, seed, epoch: x, lambda x, seed: x))
