@@ -1,0 +1,56 @@
+"""Shared fixtures: the real data in ../shared/data (or $PYRO_VAE_DATA) and a private cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path:
+    root = Path(os.environ.get("PYRO_VAE_DATA", REPO.parent / "shared" / "data"))
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.exit(f"test data not found in {root}; set PYRO_VAE_DATA to the folder holding MNIST/ and FashionMNIST/", 2)
+    return root
+
+
+DATA_ROOT = _data_root()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _environment(tmp_path_factory):
+    """Tests read the shared real data and decompress into a cache of their own."""
+    saved = {k: os.environ.get(k) for k in ("PYRO_VAE_DATA", "PYRO_VAE_CACHE")}
+    os.environ["PYRO_VAE_DATA"] = str(DATA_ROOT)
+    os.environ["PYRO_VAE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def data_root() -> Path:
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def mnist_small():
+    """2000 real MNIST training images and 500 test images."""
+    from pyro_vae import data
+
+    os.environ["PYRO_VAE_DATA"] = str(DATA_ROOT)
+    return data.load("mnist", train_limit=2000, test_limit=500)
+
+
+def small_config(**overrides):
+    from pyro_vae.config import TrainConfig
+
+    values = dict(dataset="mnist", epochs=1, train_limit=1000, test_limit=300, batch_size=100)
+    values.update(overrides)
+    return TrainConfig(**values)

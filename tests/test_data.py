@@ -1,0 +1,170 @@
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae import data
+from pyro_vae.errors import DataError
+
+
+def _copy_raw(src_root: Path, dst_root: Path, name: str = "FashionMNIST", decompress: bool = False) -> Path:
+    raw = dst_root / name / "raw"
+    raw.mkdir(parents=True)
+    for f in (src_root / name / "raw").iterdir():
+        if decompress:
+            with gzip.open(f) as g:
+                (raw / f.stem).write_bytes(g.read())
+        else:
+            shutil.copy(f, raw / f.name)
+    return raw
+
+
+def test_fashion_mnist_official_split(data_root):
+    d = data.load("fashion-mnist", data_root)
+    assert d.train_x.shape == (60000, 784) and d.test_x.shape == (10000, 784)
+    assert d.train_x.dtype == torch.float32 and 0 <= d.train_x.min() and d.train_x.max() == 1
+    assert torch.bincount(d.train_y).tolist() == [6000] * 10
+    assert d.split_indices is None and d.provenance["origin"] == "--data-dir"
+    assert len(d.provenance["train_file"]["images_sha256"]) == 64
+
+
+def test_mnist_carves_a_stratified_deterministic_split(data_root):
+    a = data.load("mnist", data_root)
+    b = data.load("mnist", data_root)
+    assert (len(a.train_x), len(a.test_x)) == (8000, 2000)
+    train, test = set(a.split_indices["train"]), set(a.split_indices["test"])
+    assert not train & test and train | test == set(range(10000))
+    assert a.split_indices == b.split_indices
+    # each class gives 20% of its images to test
+    full = torch.bincount(torch.cat([a.train_y, a.test_y]))
+    assert (torch.bincount(a.test_y) - 0.2 * full).abs().max() <= 1
+    assert "carved" in a.provenance["split"]
+    other = data.load("mnist", data_root, split_seed=1)
+    assert other.split_indices != a.split_indices
+
+
+def test_limits_keep_a_seeded_subset(data_root):
+    d = data.load("mnist", data_root, train_limit=300, test_limit=100)
+    assert (len(d.train_x), len(d.test_x)) == (300, 100)
+    assert len(d.split_indices["train"]) == 300
+    full = data.load("mnist", data_root)
+    first = d.split_indices["train"][0]
+    assert torch.equal(d.train_x[0], full.train_x[full.split_indices["train"].index(first)])
+
+
+def test_decompressed_and_gzipped_files_agree(data_root, tmp_path):
+    _copy_raw(data_root, tmp_path, "MNIST", decompress=True)
+    plain = data.load("mnist", tmp_path)
+    gz = data.load("mnist", data_root)
+    assert torch.equal(plain.train_x, gz.train_x) and torch.equal(plain.test_y, gz.test_y)
+
+
+def test_gzip_files_are_decompressed_into_the_cache_not_the_data_folder(data_root, tmp_path):
+    raw = _copy_raw(data_root, tmp_path, "MNIST")
+    before = sorted(p.name for p in raw.iterdir())
+    data.load("mnist", tmp_path)
+    assert sorted(p.name for p in raw.iterdir()) == before
+    assert list((data.cache_dir() / "idx").rglob("t10k-images-idx3-ubyte"))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + gzip.decompress(p.read_bytes())[4:])), "magic number"),
+        (lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:-1000])), "truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[:5000]), "not a readable gzip"),
+        (lambda p: p.write_bytes(b"this is not gzip at all" * 10), "not a readable gzip"),
+    ],
+    ids=["wrong-magic", "truncated-idx", "truncated-gzip", "not-gzip"],
+)
+def test_bad_image_files_are_refused_clearly(data_root, tmp_path, damage, message):
+    raw = _copy_raw(data_root, tmp_path, "MNIST")
+    damage(raw / "t10k-images-idx3-ubyte.gz")
+    with pytest.raises(DataError, match=message) as e:
+        data.load("mnist", tmp_path)
+    assert "t10k-images-idx3-ubyte.gz" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_image_label_count_mismatch(data_root, tmp_path):
+    raw = _copy_raw(data_root, tmp_path, "MNIST")
+    labels = raw / "t10k-labels-idx1-ubyte.gz"
+    body = gzip.decompress(labels.read_bytes())
+    fewer = (9000).to_bytes(4, "big")
+    labels.write_bytes(gzip.compress(body[:4] + fewer + body[8 : 8 + 9000]))
+    with pytest.raises(DataError, match="10000 images but .* 9000 labels"):
+        data.load("mnist", tmp_path)
+
+
+def test_missing_files_say_where_we_looked(tmp_path):
+    with pytest.raises(DataError) as e:
+        data.load("fashion-mnist", tmp_path)
+    assert str(tmp_path / "FashionMNIST" / "raw") in str(e.value) and "--data-dir" in str(e.value)
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(DataError, match="lacks t10k-labels-idx1-ubyte"):
+        data.load("mnist", tmp_path)
+
+
+def test_unknown_dataset_lists_choices():
+    with pytest.raises(DataError.__mro__[1], match="choose one of: mnist, fashion-mnist"):
+        data.load("cifar")
+
+
+def test_offline_download_falls_back_to_the_embedded_mnist(monkeypatch, tmp_path):
+    """The real torchvision download, which fails here (no internet): MNIST falls back, loudly."""
+    monkeypatch.delenv("PYRO_VAE_DATA")
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path))
+    notes = []
+    try:
+        raw, origin = data.locate("mnist", notify=notes.append)
+    except Exception as e:  # pragma: no cover - only on a machine with internet
+        pytest.fail(f"locate raised {e!r}")
+    if origin == "download":  # pragma: no cover - a machine with internet
+        assert (raw / "train-images-idx3-ubyte").exists()
+        return
+    assert origin == "embedded" and raw == data.EMBEDDED_ROOT / "MNIST" / "raw"
+    assert notes and "download of mnist failed" in notes[0] and "shipped with pyro-vae" in notes[0]
+    d = data.load("mnist", notify=notes.append)
+    assert d.provenance["origin"] == "embedded" and "shipped" in d.provenance["note"]
+    assert len(d.train_x) == 8000
+
+
+def test_offline_download_of_fashion_mnist_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("PYRO_VAE_DATA")
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path))
+
+    def offline(spec, root):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://..., got: no network")
+
+    with pytest.raises(DataError, match="download failed .*PYRO_VAE_DATA"):
+        data.locate("fashion-mnist", download=offline)
+
+
+def test_download_fills_the_cache(monkeypatch, tmp_path, data_root):
+    monkeypatch.delenv("PYRO_VAE_DATA")
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_download(spec, root):  # what torchvision leaves behind: decompressed files in raw/
+        calls.append((spec.torchvision_class, root))
+        _copy_raw(data_root, root, spec.folder, decompress=True)
+
+    raw, origin = data.locate("fashion-mnist", download=fake_download)
+    assert origin == "download" and calls == [("FashionMNIST", tmp_path / "data")]
+    raw, origin = data.locate("fashion-mnist", download=fake_download)
+    assert origin == "cache" and len(calls) == 1
+
+
+def test_binarisations():
+    x = torch.rand(200, 784)
+    dyn = data.BINARIZATIONS["dynamic"]
+    e1, e1_again, e2 = dyn.train(x, 0, 1), dyn.train(x, 0, 1), dyn.train(x, 0, 2)
+    assert set(e1.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(e1, e1_again) and not torch.equal(e1, e2)
+    assert abs(e1.mean() - x.mean()) < 0.01
+    fixed = data.BINARIZATIONS["fixed"]
+    assert torch.equal(fixed.train(x, 3, 1), fixed.train(x, 3, 7))
+    assert torch.equal(data.BINARIZATIONS["none"].train(x, 0, 1), x)
+    assert not torch.equal(dyn.test(x, 0), e1)

@@ -1,0 +1,117 @@
+import hashlib
+import json
+
+import pytest
+import torch
+
+from conftest import small_config
+from pyro_vae import runs
+from pyro_vae.api import load_run
+from pyro_vae.errors import DivergedError, UserError
+from pyro_vae.train import Trainer, resume, train
+
+
+def quiet(msg):
+    pass
+
+
+def test_a_few_hundred_steps_lower_the_loss_clearly(tmp_path):
+    cfg = small_config(epochs=6, train_limit=3000, batch_size=64, lr=2e-3)  # 6 x 47 = 282 steps
+    run = train(cfg, tmp_path / "run", progress=False, log=quiet)
+    metrics = runs.read_metrics(run)
+    assert [m["epoch"] for m in metrics] == list(range(1, 7))
+    first, last = metrics[0], metrics[-1]
+    assert last["test_elbo"] > first["test_elbo"] + 10, metrics
+    assert last["train_elbo"] > first["train_elbo"] + 20, metrics
+    assert -220 < last["test_elbo"] < -120  # a 2-D MNIST VAE lands here, nowhere near 0 or -544 (uniform pixels)
+
+
+def test_run_folder_contents(tmp_path):
+    run = train(small_config(guide="delta", beta=0.0), tmp_path / "ae", progress=False, log=quiet)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl", "split.json"]
+    record = json.loads((run / "config.json").read_text())
+    assert record["config"]["guide"] == "delta" and record["config"]["beta"] == 0.0
+    assert record["data"]["origin"] == "PYRO_VAE_DATA" and "carved" in record["data"]["split"]
+    assert {"torch", "pyro", "torchvision", "python", "pyro_vae"} <= set(record["versions"])
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 1000 and len(split["test"]) == 300
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and set(state) == {"epoch", "model", "optimizer", "rng"}
+    loaded = load_run(run)
+    x = torch.rand(5, 784)
+    assert torch.equal(loaded.encode(x)[0], loaded.encode(x)[0]) and loaded.sample(4).shape == (4, 784)
+
+
+def test_resume_gives_identical_parameters(tmp_path):
+    cfg = small_config(epochs=2)
+    straight = train(cfg, tmp_path / "straight", progress=False, log=quiet)
+    cfg.epochs = 1
+    split = train(cfg, tmp_path / "split", progress=False, log=quiet)
+    resume(split, epochs=2, progress=False, log=quiet)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert runs.read_metrics(straight) == [dict(m, epoch_seconds=s["epoch_seconds"]) for m, s in zip(runs.read_metrics(split), runs.read_metrics(straight))]
+    assert json.loads((split / "config.json").read_text())["config"]["epochs"] == 2
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+    a = runs.read_metrics(train(small_config(), tmp_path / "a", progress=False, log=quiet))
+    b = runs.read_metrics(train(small_config(), tmp_path / "b", progress=False, log=quiet))
+    c = runs.read_metrics(train(small_config(seed=1), tmp_path / "c", progress=False, log=quiet))
+    assert a[0]["test_elbo"] == b[0]["test_elbo"] and a[0]["train_elbo"] == b[0]["train_elbo"]
+    assert a[0]["test_elbo"] != c[0]["test_elbo"]
+
+
+def test_non_empty_folder_needs_force(tmp_path):
+    run = train(small_config(), tmp_path / "run", progress=False, log=quiet)
+    with pytest.raises(UserError, match="not empty; pass --force"):
+        train(small_config(), run, progress=False, log=quiet)
+    train(small_config(seed=3), run, force=True, progress=False, log=quiet)
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] == 3
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("precious")
+    with pytest.raises(UserError, match="not a pyro-vae run folder"):
+        train(small_config(), other, force=True, progress=False, log=quiet)
+    assert (other / "notes.txt").read_text() == "precious"
+
+
+def test_bad_data_leaves_an_existing_run_untouched(tmp_path):
+    run = train(small_config(), tmp_path / "run", progress=False, log=quiet)
+    before = (run / "checkpoint.pt").read_bytes()
+    with pytest.raises(UserError):
+        train(small_config(data_dir=str(tmp_path / "nowhere")), run, force=True, progress=False, log=quiet)
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_nan_stops_with_step_and_epoch_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    run = train(small_config(), tmp_path / "run", progress=False, log=quiet)
+    digest = hashlib.sha256((run / "checkpoint.pt").read_bytes()).hexdigest()
+    from pyro_vae import train as train_mod
+
+    real_build = train_mod.build_objective
+
+    class PoisonedAtStep3:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def differentiable_loss(self, model, guide, x):
+            loss = self.inner.differentiable_loss(model, guide, x)
+            self.calls += 1
+            return loss * float("nan") if self.calls == 3 else loss
+
+    monkeypatch.setattr(train_mod, "build_objective", lambda cfg: PoisonedAtStep3(real_build(cfg)))
+    with pytest.raises(DivergedError, match="loss became nan at step 3 of epoch 2; the checkpoint of epoch 1"):
+        resume(run, epochs=2, progress=False, log=quiet)
+    assert hashlib.sha256((run / "checkpoint.pt").read_bytes()).hexdigest() == digest
+    assert [m["epoch"] for m in runs.read_metrics(run)] == [1]
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(UserError, match="config.json does not exist"):
+        resume(run, progress=False, log=quiet)
