@@ -32,6 +32,7 @@ TRAIN_FLAGS: list[tuple[str, type, str]] = [
     ("objective", str, "objective name (trace, meanfield, ...)"),
     ("num-particles", int, "particles per ELBO estimate"),
     ("beta", float, "weight of the latent site's log-densities (0: plain AE with the delta guide)"),
+    ("beta-warmup-epochs", int, "KL annealing: raise beta linearly from 0 over this many epochs"),
     ("latent-dim", int, "size of the code z"),
     ("network", str, "encoder/decoder network (mlp, conv)"),
     ("hidden-dim", int, "hidden width of the MLP"),
@@ -82,6 +83,61 @@ def _train(args: argparse.Namespace) -> int:
     cfg.update(flags, "flags")
     run = train(cfg, args.out, force=args.force, progress=not args.no_progress)
     print(run)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# study, report, evaluate
+
+
+def _study_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study TOML file (see studies/)")
+    p.add_argument("--out", required=True, help="folder for the study's run folders")
+    p.add_argument("--report", help="report folder (default: RUNS_DIR/report)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+@command("study", "train, evaluate and report every variant x seed of a study", _study_arguments)
+def _study(args: argparse.Namespace) -> int:
+    from .report import build_report
+    from .study import Study, run_study
+
+    study = Study.load(args.study)
+    runs_dir = run_study(study, args.out, progress=not args.no_progress)
+    print(build_report(runs_dir, args.report or runs_dir / "report"))
+    return 0
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder a study wrote its runs into")
+    p.add_argument("--out", required=True, help="report folder")
+
+
+@command("report", "rebuild a study's report from its run folders (no retraining)", _report_arguments)
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    print(build_report(args.runs_dir, args.out))
+    return 0
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run folder")
+    p.add_argument("--num-samples", type=int, default=1000, help="importance samples per image (K)")
+    p.add_argument("--likelihood-images", type=int, help="estimate log p(x) on the first N test images only")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's random draws")
+
+
+@command("evaluate", "evaluate a run: ELBO, log p(x), latent metrics, sample quality -> evaluation.json", _evaluate_arguments)
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import EvalSettings, evaluate_run
+
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
+    result = evaluate_run(args.run_dir, EvalSettings(num_samples=args.num_samples, likelihood_images=args.likelihood_images, seed=args.seed))
+    print(json.dumps(result, indent=2))
     return 0
 
 

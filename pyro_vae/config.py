@@ -21,6 +21,7 @@ class TrainConfig:
     objective: str = "trace"
     num_particles: int = 1
     beta: float = 1.0
+    beta_warmup_epochs: int = 0  # KL annealing: beta rises linearly to its value over this many epochs
     latent_dim: int = 2
     network: str = "mlp"
     hidden_dim: int = 400
@@ -73,7 +74,7 @@ class TrainConfig:
         ):
             registry.check(name)
         _typed(self)
-        positive = {"latent_dim": 1, "hidden_dim": 1, "batch_size": 1, "num_particles": 1, "epochs": 0}
+        positive = {"latent_dim": 1, "hidden_dim": 1, "batch_size": 1, "num_particles": 1, "epochs": 0, "beta_warmup_epochs": 0}
         for name, low in positive.items():
             if getattr(self, name) < low:
                 raise UserError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")

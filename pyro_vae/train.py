@@ -79,9 +79,15 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"epoch": self.epoch, "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng}
 
+    def beta_at(self, epoch: int) -> float:
+        """KL annealing: beta * epoch / warm-up during the warm-up epochs, then beta."""
+        warmup = self.cfg.beta_warmup_epochs
+        return self.cfg.beta * min(1.0, epoch / warmup) if warmup else self.cfg.beta
+
     def train_epoch(self, progress: bool) -> float:
         cfg, n = self.cfg, len(self.train_x)
         epoch = self.epoch + 1
+        self.vae.beta = self.beta_at(epoch)
         observed = self.binarization.train(self.train_x, cfg.seed, epoch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(self.device)
         total = 0.0
@@ -110,8 +116,9 @@ class Trainer:
             train_elbo = self.train_epoch(progress)
             seconds = time.perf_counter() - started
             self.epoch += 1
+            beta, self.vae.beta = self.vae.beta, self.cfg.beta  # test numbers use the final beta, comparable across epochs
             test_elbo = objective_per_image(self.vae, self.objective, self.test_obs, self.cfg.seed)
-            line = {"epoch": self.epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "epoch_seconds": seconds}
+            line = {"epoch": self.epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "beta": beta, "epoch_seconds": seconds}
             runs.append_metrics(self.run, line)
             runs.save_checkpoint(self.run, self.state())
             lines.append(line)

@@ -115,3 +115,8 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     run.mkdir()
     with pytest.raises(UserError, match="config.json does not exist"):
         resume(run, progress=False, log=quiet)
+
+
+def test_kl_annealing_raises_beta_linearly(tmp_path):
+    run = train(small_config(epochs=4, beta_warmup_epochs=3, beta=0.5), tmp_path / "run", progress=False, log=quiet)
+    assert [m["beta"] for m in runs.read_metrics(run)] == [0.5 / 3, 0.5 * 2 / 3, 0.5, 0.5]

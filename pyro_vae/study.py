@@ -1,0 +1,194 @@
+"""Studies: a TOML file naming a base config, variants and seeds; train, evaluate, report.
+
+    name = "ae_vs_vae"
+    seeds = [0, 1, 2]
+    [base]            # TrainConfig settings shared by every variant
+    dataset = "mnist"
+    [variants.AE]     # each variant overrides the base; the table order is the display order
+    guide = "delta"
+    beta = 0.0
+    [compare]         # optional: the claims the report judges, candidate against baseline
+    baseline = "AE"
+    candidate = "VAE"
+    [evaluation]      # optional: EvalSettings
+
+RUNS_DIR/<variant>/seed-<seed>/ holds one run folder each, and RUNS_DIR/study.json the resolved study.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import runs
+from .config import TrainConfig, read_toml
+from .errors import UserError
+from .evaluate import EvalSettings, Scorer, evaluate_run, read_evaluation
+from .train import load_data, resume, train
+
+STUDY_FILE = "study.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass
+class Study:
+    name: str
+    title: str
+    description: str
+    seeds: list[int]
+    base: dict
+    variants: dict[str, dict]
+    compare: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
+
+    def config(self, variant: str, seed: int) -> TrainConfig:
+        cfg = TrainConfig.from_dict(self.base, "[base]")
+        cfg.update(self.variants[variant], f"[variants.{variant}]")
+        cfg.seed = seed
+        return cfg.validate()
+
+    def eval_settings(self) -> EvalSettings:
+        return EvalSettings.from_dict(self.evaluation)
+
+    def cells(self) -> list[tuple[str, int]]:
+        return [(v, s) for v in self.variants for s in self.seeds]
+
+    def run_dir(self, runs_dir: Path, variant: str, seed: int) -> Path:
+        return Path(runs_dir) / variant / f"seed-{seed}"
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> "Study":
+        known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation"}
+        if set(d) - known:
+            raise UserError(f"unknown key(s) {', '.join(sorted(set(d) - known))} in {source}; valid: {', '.join(sorted(known))}")
+        if not d.get("variants"):
+            raise UserError(f"{source} names no [variants.NAME] tables; a study compares at least one variant")
+        seeds = d.get("seeds", [0])
+        if not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+            raise UserError(f"seeds in {source} must be a list of distinct whole numbers, got {seeds!r}")
+        for name in d["variants"]:
+            if not _NAME.match(name):
+                raise UserError(f"variant name {name!r} in {source} must be letters, digits, '.', '_', '+' or '-'")
+        study = cls(
+            name=d.get("name", Path(source).stem), title=d.get("title", d.get("name", Path(source).stem)),
+            description=d.get("description", ""), seeds=list(seeds), base=dict(d.get("base", {})),
+            variants={k: dict(v) for k, v in d["variants"].items()}, compare=dict(d.get("compare", {})),
+            evaluation=dict(d.get("evaluation", {})),
+        )
+        for variant in study.variants:
+            study.config(variant, study.seeds[0])  # every cell must be a valid config before anything runs
+        for role in ("baseline", "candidate"):
+            if role in study.compare and study.compare[role] not in study.variants:
+                raise UserError(f"[compare] {role} {study.compare[role]!r} is not a variant of {source}")
+        study.eval_settings()
+        return study
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Study":
+        return cls.from_dict(read_toml(path), str(path))
+
+    @classmethod
+    def from_runs_dir(cls, runs_dir: str | Path) -> "Study":
+        return cls.from_dict(runs.read_json(Path(runs_dir) / STUDY_FILE), str(Path(runs_dir) / STUDY_FILE))
+
+
+def _check_same_config(run: Path, cfg: TrainConfig) -> None:
+    saved, _ = runs.read_config(run)
+    old, new = saved.to_dict(), cfg.to_dict()
+    old.pop("epochs"), new.pop("epochs")  # more epochs continue a run; other changes need a new one
+    diff = [k for k in new if old.get(k) != new.get(k)]
+    if diff:
+        k = diff[0]
+        raise UserError(f"{run} was trained with {k}={old.get(k)!r}, the study now says {new.get(k)!r}; "
+                        "remove that run folder or use another --out")
+
+
+def _fmt_minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
+              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Path:
+    """Train every variant x seed (skipping complete runs, resuming unfinished ones), then evaluate them."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if (runs_dir / STUDY_FILE).exists():
+        previous = runs.read_json(runs_dir / STUDY_FILE)
+        if previous.get("name") != study.name:
+            raise UserError(f"{runs_dir} holds the runs of study {previous.get('name')!r}; use another --out for {study.name!r}")
+    runs.atomic_write_json(runs_dir / STUDY_FILE, asdict(study))
+    cells = study.cells()
+    todo = []
+    for variant, seed in cells:
+        run, cfg = study.run_dir(runs_dir, variant, seed), study.config(variant, seed)
+        done = 0
+        if (run / runs.CONFIG).exists():
+            _check_same_config(run, cfg)
+            done = len(runs.read_metrics(run)) if (run / runs.CHECKPOINT).exists() else 0
+        todo.append((variant, seed, run, cfg, max(cfg.epochs - done, 0)))
+    epochs_left = sum(t[-1] for t in todo)
+    log(f"study {study.name}: {len(cells)} runs ({len(study.variants)} variants x {len(study.seeds)} seeds), "
+        f"{epochs_left} epochs to train, then evaluation -> {runs_dir}")
+    started, trained = time.perf_counter(), 0
+    for i, (variant, seed, run, cfg, remaining) in enumerate(todo, 1):
+        head = f"[{i}/{len(todo)}] {variant} seed {seed}"
+        if remaining == 0:
+            log(f"{head}: complete, skipped")
+            continue
+        if trained:
+            rate = (time.perf_counter() - started) / trained
+            log(f"{head}: {remaining} epochs (training about {_fmt_minutes(rate * epochs_left)} left)")
+        else:
+            log(f"{head}: {remaining} epochs")
+        if (run / runs.CHECKPOINT).exists():
+            resume(run, cfg.epochs, progress=progress, log=log)
+        else:
+            train(cfg, run, force=True, progress=progress, log=log)
+        trained += remaining
+        epochs_left -= remaining
+    log(f"training done in {_fmt_minutes(time.perf_counter() - started)}")
+    evaluate_study(study, runs_dir, log=log)
+    return runs_dir
+
+
+def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None]) -> None:
+    """Evaluate every run whose evaluation is missing or older than its checkpoint."""
+    settings = study.eval_settings()
+    stale = []
+    for variant, seed in study.cells():
+        run = study.run_dir(runs_dir, variant, seed)
+        evaluation = run / runs.EVALUATION
+        if not evaluation.exists() or evaluation.stat().st_mtime < (run / runs.CHECKPOINT).stat().st_mtime \
+                or runs.read_json(evaluation).get("settings") != asdict(settings):
+            stale.append((variant, seed, run))
+    if not stale:
+        log("evaluation: all runs already evaluated")
+        return
+    data = load_data(study.config(*stale[0][:2]))  # variants share the dataset and split
+    scorer = Scorer(data, study.config(*stale[0][:2]).dataset, log)
+    started = time.perf_counter()
+    for i, (variant, seed, run) in enumerate(stale, 1):
+        left = (time.perf_counter() - started) / (i - 1) * (len(stale) - i + 1) if i > 1 else None
+        log(f"evaluating [{i}/{len(stale)}] {variant} seed {seed}" + (f" (about {_fmt_minutes(left)} left)" if left else ""))
+        evaluate_run(run, settings, scorer=scorer, data=data, log=log)
+
+
+def collect(study: Study, runs_dir: Path) -> list[dict]:
+    """One row per run: variant, seed, config, final metrics and evaluation (evaluating what lacks it)."""
+    rows = []
+    for variant, seed in study.cells():
+        run = study.run_dir(runs_dir, variant, seed)
+        if not runs.is_complete(run):
+            raise UserError(f"{run} is missing or unfinished; run `pyro-vae study` to train it first")
+        evaluation = read_evaluation(run)
+        if evaluation is None:
+            raise UserError(f"{run} has no evaluation.json; run `pyro-vae evaluate {run}`")
+        cfg, record = runs.read_config(run)
+        rows.append({"variant": variant, "seed": seed, "run": str(run), "config": cfg.to_dict(),
+                     "data": record["data"], "versions": record["versions"], "metrics": runs.read_metrics(run),
+                     "evaluation": evaluation})
+    return rows
