@@ -1,0 +1,151 @@
+"""Classifier used to score generated images, trained on a small real Fashion-MNIST slice."""
+
+import gzip
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae import classifier as clf
+from pyro_vae.classifier import (
+    FEATURE_DIM,
+    Classifier,
+    classifier_features,
+    load_or_train_classifier,
+    sample_quality,
+    train_classifier,
+)
+
+RAW = Path("/work/shared/data/FashionMNIST/raw")
+N_TRAIN, N_TEST = 3000, 2000
+FAST = dict(epochs=4, progress=False)
+
+pytestmark = pytest.mark.skipif(
+    not (RAW / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST raw files not available"
+)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse a gzipped IDX file (big-endian header: magic, then one uint32 per dimension)."""
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_split(prefix: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = read_idx(RAW / f"{prefix}-images-idx3-ubyte.gz")[:n].reshape(n, 784)
+    y = read_idx(RAW / f"{prefix}-labels-idx1-ubyte.gz")[:n]
+    return torch.from_numpy(x.astype(np.float32) / 255), torch.from_numpy(y.astype(np.int64))
+
+
+@pytest.fixture(scope="module")
+def data():
+    train_x, train_y = load_split("train", N_TRAIN)
+    test_x, test_y = load_split("t10k", N_TEST)
+    return train_x, train_y, test_x, test_y
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("classifier-cache")
+
+
+@pytest.fixture(scope="module")
+def trained(data, cache_dir):
+    return load_or_train_classifier(cache_dir, "fashion-small", *data, **FAST)
+
+
+def test_training_beats_chance_and_writes_cache(trained, cache_dir):
+    model, info = trained
+    assert info["test_accuracy"] > 0.6  # chance is 0.1; ~0.8 expected from 3k images
+    assert info["cached"] is False
+    assert info["key"] == "fashion-small"
+    assert Path(info["path"]) == cache_dir / "classifier-fashion-small.pt"
+    assert Path(info["path"]).exists()
+    # Atomic write leaves no temp files behind.
+    assert [p.name for p in cache_dir.iterdir()] == ["classifier-fashion-small.pt"]
+    assert not model.training
+
+
+def test_cache_round_trips_without_retraining(trained, data, cache_dir, monkeypatch):
+    model, info = trained
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("classifier was retrained despite a cache file")
+
+    monkeypatch.setattr(clf, "train_classifier", no_training)
+    loaded, info2 = load_or_train_classifier(cache_dir, "fashion-small", *data, **FAST)
+    assert info2["cached"] is True
+    assert info2["test_accuracy"] == info["test_accuracy"]
+    test_x = data[2][:200]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(test_x), model(test_x))
+
+
+def test_stale_cache_is_retrained(data, tmp_path):
+    small = [t[:300] for t in data]
+    path = tmp_path / "classifier-old.pt"
+    torch.save({"state_dict": {}, "test_accuracy": 1.0, "key": "old", "arch_version": -1}, path)
+    _, info = load_or_train_classifier(tmp_path, "old", *small, epochs=1, progress=False)
+    assert info["cached"] is False
+    assert info["test_accuracy"] < 1.0
+    assert torch.load(path, weights_only=True)["arch_version"] == clf.ARCH_VERSION
+
+
+def test_training_is_deterministic_and_leaves_global_rng_alone(data):
+    small = [t[:500] for t in data]
+    state = torch.get_rng_state()
+    m1, acc1 = train_classifier(*small, epochs=1, seed=3, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    m2, acc2 = train_classifier(*small, epochs=1, seed=3, progress=False)
+    assert acc1 == acc2
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_output_shapes(trained, data):
+    model, _ = trained
+    x = data[2][:7]
+    with torch.no_grad():
+        assert model(x).shape == (7, 10)
+        assert model.features(x).shape == (7, FEATURE_DIM)
+    # Numpy and (N, 28, 28) inputs are accepted by the batched helpers.
+    feats = classifier_features(model, x.numpy().reshape(7, 28, 28))
+    assert feats.shape == (7, FEATURE_DIM) and feats.dtype == np.float64
+
+
+def test_sample_quality_real_vs_grey(trained, data):
+    model, _ = trained
+    test_x = data[2]
+    # Reference features from one half of the test slice, scored images from the other.
+    real_feats = classifier_features(model, test_x[:1000])
+    real = sample_quality(model, test_x[1000:], real_feats)
+    grey = sample_quality(model, torch.full((500, 784), 0.5), real_feats)
+
+    assert real["confidence"] > 0.65  # ~0.75 from a 3k-image, 4-epoch classifier
+    assert real["confidence"] > grey["confidence"] + 0.3
+    assert real["label_entropy"] == pytest.approx(math.log(10), abs=0.15)
+    assert real["class_coverage"] == 1.0 and real["n_classes_predicted"] == 10
+    assert sum(real["class_histogram"]) == pytest.approx(1.0)
+
+    # Identical images all get one label.
+    assert grey["n_classes_predicted"] == 1 and grey["class_coverage"] == pytest.approx(0.1)
+    assert grey["label_entropy"] == pytest.approx(0.0, abs=1e-12)
+    assert np.isfinite(grey["fid"])
+    assert grey["fid"] > 10 * real["fid"]
+
+
+def test_bad_inputs_raise(data, cache_dir):
+    model = Classifier()
+    with pytest.raises(ValueError, match="784"):
+        classifier_features(model, torch.zeros(3, 100))
+    with pytest.raises(ValueError, match="uint8"):
+        classifier_features(model, torch.zeros(3, 784, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="labels"):
+        train_classifier(data[0][:10], data[1][:9], data[2], data[3], epochs=1, progress=False)
+    with pytest.raises(ValueError, match="key"):
+        load_or_train_classifier(cache_dir, "../escape", *data, **FAST)
