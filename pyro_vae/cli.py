@@ -24,24 +24,24 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 # train
 
 TRAIN_FLAGS: list[tuple[str, type, str]] = [
-    ("dataset", str, "mnist or fashion-mnist"),
+    ("dataset", str, "dataset: {datasets}"),
     ("data-dir", str, "folder holding <Name>/raw/*-ubyte[.gz] (else $PYRO_VAE_DATA, the cache, a download)"),
-    ("guide", str, "guide name (gaussian, delta, ...)"),
-    ("prior", str, "prior name (standard-normal, ...)"),
-    ("likelihood", str, "likelihood name (bernoulli, ...)"),
-    ("objective", str, "objective name (trace, meanfield, ...)"),
+    ("guide", str, "guide: {guides}"),
+    ("prior", str, "prior: {priors}"),
+    ("likelihood", str, "likelihood: {likelihoods}"),
+    ("objective", str, "objective: {objectives}"),
     ("num-particles", int, "particles per ELBO estimate"),
     ("beta", float, "weight of the latent site's log-densities (0: plain AE with the delta guide)"),
     ("beta-warmup-epochs", int, "KL annealing: raise beta linearly from 0 over this many epochs"),
     ("latent-dim", int, "size of the code z"),
-    ("network", str, "encoder/decoder network (mlp, conv)"),
+    ("network", str, "encoder/decoder network: {networks}"),
     ("hidden-dim", int, "hidden width of the MLP"),
     ("epochs", int, "epochs to train (with --resume: the new total)"),
     ("batch-size", int, "images per step"),
     ("lr", float, "Adam learning rate"),
     ("seed", int, "seed for weights, batches, binarisation and noise"),
     ("device", str, "cpu or cuda"),
-    ("binarize", str, "dynamic, fixed or none"),
+    ("binarize", str, "binarisation: {binarizations}"),
     ("train-limit", int, "use only this many training images"),
     ("test-limit", int, "use only this many test images"),
     ("split-seed", int, "seed of the train/test split carved from a single-split dataset"),
@@ -53,14 +53,47 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see pyro-vae {self.prog.split()[-1]} --help)")
 
 
+def _choices() -> dict[str, str]:
+    """Registry names for the help texts, so they list every component that exists."""
+    from .data import BINARIZATIONS, DATASETS
+    from .guides import GUIDES
+    from .likelihoods import LIKELIHOODS
+    from .networks import NETWORKS
+    from .objectives import OBJECTIVES
+    from .priors import PRIORS
+
+    tables = dict(datasets=DATASETS, guides=GUIDES, priors=PRIORS, likelihoods=LIKELIHOODS, objectives=OBJECTIVES,
+                  networks=NETWORKS, binarizations=BINARIZATIONS)
+    return {key: ", ".join(table.names()) for key, table in tables.items()}
+
+
 def _train_arguments(p: argparse.ArgumentParser) -> None:
+    choices = _choices()
     for flag, kind, text in TRAIN_FLAGS:
-        p.add_argument(f"--{flag}", type=kind, default=argparse.SUPPRESS, help=text)
+        p.add_argument(f"--{flag}", type=kind, default=argparse.SUPPRESS, help=text.format(**choices))
+    for kind in ("prior", "guide", "objective"):
+        p.add_argument(f"--{kind}-option", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"an option of the {kind} (repeatable), e.g. components=10; value read as TOML")
     p.add_argument("--config", help="TOML file with the same settings (flags override it)")
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
     p.add_argument("--force", action="store_true", help="replace a non-empty run folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parse_options(items: list[str], kind: str) -> dict:
+    import tomllib
+
+    options = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--{kind}-option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = text  # a bare word: a string option
+    return options
 
 
 @command("train", "train one model into a run folder", _train_arguments)
@@ -69,8 +102,9 @@ def _train(args: argparse.Namespace) -> int:
     from .train import resume, train
 
     flags = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in TRAIN_FLAGS if hasattr(args, flag.replace("-", "_"))}
+    options = {f"{kind}_options": _parse_options(getattr(args, f"{kind}_option"), kind) for kind in ("prior", "guide", "objective")}
     if args.resume:
-        extra = sorted(set(flags) - {"epochs"}) + (["--config"] if args.config else []) + (["--out"] if args.out else [])
+        extra = sorted(set(flags) - {"epochs"}) + [k for k, v in options.items() if v] + (["--config"] if args.config else []) + (["--out"] if args.out else [])
         if extra:
             raise UserError(f"--resume takes its settings from the run folder; drop {', '.join(extra)} (only --epochs may change)")
         resume(args.resume, flags.get("epochs"), progress=not args.no_progress)
@@ -81,6 +115,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.config:
         cfg.update(read_toml(args.config), args.config)
     cfg.update(flags, "flags")
+    for key, values in options.items():
+        getattr(cfg, key).update(values)
     run = train(cfg, args.out, force=args.force, progress=not args.no_progress)
     print(run)
     return 0

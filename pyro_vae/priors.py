@@ -1,15 +1,24 @@
 """Priors over the latent code, chosen by name.
 
 A prior is a module whose call returns a distribution with event shape (z_dim,) and no batch shape;
-the model's plate broadcasts it over the images.
+the model's plate broadcasts it over the images. Its learnable parameters (if any) are trained with
+the rest of the VAE and saved in its state_dict. Options come from `prior_options` in the config and
+are the keyword-only arguments of the constructor; unknown options are a UserError.
 """
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
 from torch import nn
+from torch.distributions import constraints
 
+from .data import PIXELS
+from .errors import UserError
+from .options import int_option, register_component
 from .registry import Registry
 
 # Constructor signature: (z_dim, guide, **options) -> nn.Module. The guide is passed for priors
@@ -17,7 +26,7 @@ from .registry import Registry
 PRIORS: Registry = Registry("prior")
 
 
-@PRIORS.register("standard-normal")
+@register_component(PRIORS, "standard-normal")
 class StandardNormal(nn.Module):
     def __init__(self, z_dim: int, guide: nn.Module | None = None):
         super().__init__()
@@ -26,3 +35,133 @@ class StandardNormal(nn.Module):
 
     def forward(self) -> dist.Distribution:
         return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+@register_component(PRIORS, "gaussian")
+class LearnedGaussian(nn.Module):
+    """Normal(loc, diag(scale^2)) with learnable loc and log-scale; N(0, I) at initialisation."""
+
+    def __init__(self, z_dim: int, guide: nn.Module | None = None):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(z_dim))
+        self.log_scale = nn.Parameter(torch.zeros(z_dim))
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
+
+
+@register_component(PRIORS, "mixture")
+class GaussianMixture(nn.Module):
+    """A learnable mixture of `components` diagonal Gaussians (weights, means and scales).
+
+    Means start at N(0, I) draws (from the run's seed), scales at 1 and weights uniform.
+    """
+
+    def __init__(self, z_dim: int, guide: nn.Module | None = None, *, components: int = 10):
+        super().__init__()
+        k = int_option("prior 'mixture'", "components", components, 1)
+        self.logits = nn.Parameter(torch.zeros(k))
+        self.locs = nn.Parameter(torch.randn(k, z_dim))
+        self.log_scales = nn.Parameter(torch.zeros(k, z_dim))
+
+    def forward(self) -> dist.Distribution:
+        return dist.MixtureSameFamily(
+            dist.Categorical(logits=self.logits), dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
+        )
+
+
+class UniformMixture(dist.TorchDistribution):
+    """(1/K) sum_k components_k for components with batch shape (..., K) and event shape (D,).
+
+    Unlike MixtureSameFamily, which scores x of shape (..., 1, D) and relies on the components
+    broadcasting it, this expands x to (..., K, D) first: the conditioned flows of the `iaf` guide
+    need their input to match their context's (K, context) shape exactly.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, components: dist.Distribution):
+        if len(components.event_shape) != 1 or not components.batch_shape:
+            raise ValueError("UniformMixture needs components with batch shape (..., K) and event shape (D,)")
+        self.components = components
+        self.k = components.batch_shape[-1]
+        super().__init__(components.batch_shape[:-1], components.event_shape, validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        expanded = value.unsqueeze(-2).expand(*value.shape[:-1], self.k, value.shape[-1])
+        return torch.logsumexp(self.components.log_prob(expanded), dim=-1) - math.log(self.k)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            every = self.components.sample(sample_shape)  # (*sample, *batch, K, D)
+            which = torch.randint(self.k, every.shape[:-2], device=every.device)
+            return every.gather(-2, which[..., None, None].expand(*which.shape, 1, every.shape[-1])).squeeze(-2)
+
+
+@register_component(PRIORS, "vamp")
+class VampPrior(nn.Module):
+    """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), the guide's own posterior at
+    K = `components` learnable pseudo-inputs u_k = sigmoid(logits_k) in pixel space.
+
+    The pseudo-inputs start as grey noise around the mean MNIST intensity (logits ~ N(-2, 0.5^2)).
+    The guide is used, not owned: its encoder is trained through both the guide and this prior,
+    and is saved once, under the guide. With the `iaf` guide each prior density needs the flows'
+    inverse at every pseudo-input (z_dim sequential passes per step): exact, but slower at large z_dim.
+    """
+
+    def __init__(self, z_dim: int, guide: nn.Module | None = None, *, components: int = 50):
+        super().__init__()
+        k = int_option("prior 'vamp'", "components", components, 1)
+        if guide is None or getattr(guide, "deterministic", True):
+            name = getattr(guide, "registered_name", type(guide).__name__)
+            raise UserError(
+                f"prior 'vamp' mixes the guide's densities q(z|u) but guide {name!r} has none (a point mass); "
+                "use guide gaussian, full-rank or iaf, or another prior"
+            )
+        self._guide = (guide,)  # a reference, not a submodule: its parameters belong to the VAE's guide
+        self.pseudo_logits = nn.Parameter(torch.randn(k, PIXELS) * 0.5 - 2.0)
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        return torch.sigmoid(self.pseudo_logits)
+
+    def forward(self) -> dist.Distribution:
+        return UniformMixture(self._guide[0](self.pseudo_inputs()))
+
+
+FLOW_TRANSFORMS = ("affine", "spline")
+
+
+@register_component(PRIORS, "flow")
+class FlowPrior(nn.Module):
+    """N(0, I) pushed through `steps` learnable autoregressive transforms (`transform`: affine or
+    spline; autoregressive networks with two hidden layers of `hidden_dim`).
+
+    The transforms are used in the masked-autoregressive direction: scoring a code (every training
+    step) is one network pass per step, sampling from the prior is z_dim sequential passes per step.
+    """
+
+    def __init__(self, z_dim: int, guide: nn.Module | None = None, *, steps: int = 2, transform: str = "affine", hidden_dim: int | None = None):
+        super().__init__()
+        where = "prior 'flow'"
+        steps = int_option(where, "steps", steps, 1)
+        if transform not in FLOW_TRANSFORMS:
+            raise UserError(f"{where} option transform must be one of {', '.join(FLOW_TRANSFORMS)}, got {transform!r}")
+        hidden = max(32, 4 * z_dim) if hidden_dim is None else int_option(where, "hidden_dim", hidden_dim, 1)
+        if hidden < z_dim:
+            raise UserError(f"{where} option hidden_dim must be at least the latent size {z_dim} (autoregressive masks), got {hidden}")
+        make = T.affine_autoregressive if transform == "affine" else T.spline_autoregressive
+        self.register_buffer("loc", torch.zeros(z_dim))
+        self.register_buffer("scale", torch.ones(z_dim))
+        # A ModuleList, so the transforms' parameters are trained and saved with the VAE.
+        self.flows = nn.ModuleList(make(z_dim, hidden_dims=[hidden, hidden]) for _ in range(steps))
+
+    def forward(self) -> dist.Distribution:
+        # Pyro's transform modules live as long as the prior and cache their last (input, output):
+        # scoring the same tensor again after a parameter update (or load_state_dict) would return
+        # the stale value. Each distribution made here starts from an empty cache.
+        for flow in self.flows:
+            flow._cached_x_y = (None, None)
+        base = dist.Normal(self.loc, self.scale).to_event(1)
+        return dist.TransformedDistribution(base, [flow.inv for flow in self.flows])

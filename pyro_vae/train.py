@@ -132,7 +132,9 @@ class Trainer:
 def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool = True, log=log_to_stderr) -> Path:
     """Train a new run into `out` (a fresh or, with force, replaced folder)."""
     cfg.validate()
-    dataset = load_data(cfg)  # before touching `out`: bad data must not cost an existing folder
+    dataset = load_data(cfg)
+    # Data, model and objective are built before touching `out`: a bad setting must not cost a folder.
+    trainer = Trainer(cfg, Path(out), dataset, log)
     run = runs.prepare(out, force)
     record = {"config": cfg.to_dict(), "data": dataset.provenance, "versions": runs.versions(),
               "objective_note": "train_elbo/test_elbo in metrics.jsonl are the objective's bound per image (beta-scaled)"}
@@ -141,7 +143,7 @@ def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool
         runs.atomic_write_json(run / runs.SPLIT, dataset.split_indices)
     log(f"training {cfg.guide} guide, {cfg.prior} prior, beta={cfg.beta} on {dataset.provenance['train_count']} "
         f"{cfg.dataset} images ({dataset.provenance['origin']}) -> {run}")
-    Trainer(cfg, run, dataset, log).fit(progress)
+    trainer.fit(progress)
     return run
 
 

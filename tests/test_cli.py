@@ -30,6 +30,9 @@ def run_cli(capsys, *argv):
         (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
         (["--train-limit", "0"], "train-limit must be a positive number of images"),
         (["--device", "tpu"], "unknown device 'tpu'; choose one of: cpu, cuda"),
+        (["--prior", "vamp", "--guide", "delta"], "vamp"),
+        (["--prior", "mixture", "--prior-option", "componentz=3"], "unknown option 'componentz' for prior 'mixture'"),
+        (["--prior-option", "oops"], "--prior-option takes KEY=VALUE"),
     ],
 )
 def test_bad_settings_get_one_line_errors(capsys, tmp_path, argv, message):
@@ -69,6 +72,13 @@ def test_toml_config_with_flag_override_and_resume(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "2", "--no-progress")
     assert code == 0 and "resuming" in err
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_component_options_from_flags(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--prior", "mixture", "--prior-option", "components=3", "--epochs", "1", "--out", str(run), *SMALL)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["config"]["prior_options"] == {"components": 3}
 
 
 def test_console_script_and_torchvision_import():
