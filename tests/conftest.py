@@ -34,6 +34,18 @@ def _environment(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and far faster on a CPU shared with other jobs
+    (two OpenMP threads spin-waiting for each other under load made steps ~20x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def data_root() -> Path:
     return DATA_ROOT

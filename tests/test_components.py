@@ -35,14 +35,7 @@ def build(prior="standard-normal", guide="gaussian", seed=0, **overrides):
     return build_vae(config(prior, guide, **overrides))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is faster, and far faster on a CPU shared with other jobs
-    (two OpenMP threads spin-waiting for each other under load made steps ~20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def grey(mnist_small):

@@ -31,14 +31,7 @@ def loss_with_seed(vae, objective, x, seed, num_particles=1, **options):
         return float(OBJECTIVES[objective](num_particles, **options).differentiable_loss(vae.model, vae.guide, x))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is faster, and far faster on a CPU shared with other jobs
-    (two OpenMP threads spin-waiting for each other under load made steps ~20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def batch(mnist_small):
