@@ -551,7 +551,7 @@ def prior_density(
         if k:
             ax.set_title(k, fontsize=10)
     cb = fig.colorbar(cf, ax=axes, shrink=0.8, pad=0.02,
-                      format=FuncFormatter(lambda v, _: f"{round(v, 6) + 0.0:g}"))
+                      format=FuncFormatter(lambda v, _: f"{round(v, 1) + 0.0:g}"))
     cb.set_label("log p(z)")
     _class_legend(fig, names, colors)
     if title:
