@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 IMAGE_SHAPE = (28, 28)
-DEFAULT_DPI = 150
+DEFAULT_DPI = 100
 _MAX_COLS = 4  # panels per row before wrapping
 
 
