@@ -202,5 +202,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# ---------------------------------------------------------------------------------------------
+# bench (pyro_vae/bench.py imports only the standard library; torch loads when the bench runs)
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    from .bench import add_arguments
+
+    add_arguments(p)
+
+
+@command("bench", "measure training throughput against plain PyTorch, batching, evaluation and study cost", _bench_arguments)
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
 if __name__ == "__main__":
     sys.exit(main())

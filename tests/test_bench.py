@@ -1,0 +1,159 @@
+"""`pyro-vae bench` and the training hot loop it measures.
+
+No timing is asserted here (the machine is shared): only that the bench runs and reports, and that
+its comparison is fair, i.e. the reference loop computes the project's loss and gradients.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae import bench
+from pyro_vae.cli import main
+from pyro_vae.errors import DivergedError
+from pyro_vae.train import Trainer
+
+STUDY = """
+name = "tiny"
+seeds = [0]
+[base]
+dataset = "mnist"
+epochs = 1
+batch_size = 100
+train_limit = 300
+test_limit = 100
+[variants.VAE]
+guide = "gaussian"
+[evaluation]
+num_samples = 10
+likelihood_images = 20
+generated = 50
+pairs = 20
+"""
+
+
+def quiet(msg):
+    pass
+
+
+def small_options(**overrides) -> bench.Options:
+    values = dict(device="cpu", threads=1, train_images=600, conv_images=128, repeats=1, eval_images=60, num_samples=30, quiet=True)
+    values.update(overrides)
+    return bench.Options(**values).validate()
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    from pyro_vae import data
+
+    return data.load("fashion-mnist", train_limit=600, test_limit=60)
+
+
+def test_quick_bench_writes_the_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--quick", "--threads", "1", "--train-images", "512", "--conv-images", "128", "--repeats", "1",
+                 "--eval-images", "60", "--num-samples", "30", "--json", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "train vae: project/reference" in printed and "batching: binarise+gather" in printed and "eval grid" in printed
+    report = json.loads(out.read_text())
+    assert {"meta", "train", "batching", "eval", "study", "table"} <= set(report)
+    assert report["study"] is None and report["meta"]["device"] == "cpu" and report["meta"]["threads"] == 1
+    assert list(report["train"]) == bench.DEFAULT_VARIANTS
+    for name, r in report["train"].items():
+        for side in ("project", "reference"):
+            assert r[side]["median"] > 0 and r[side]["min"] <= r[side]["median"] <= r[side]["max"], (name, side)
+            assert r[side]["images_per_second"] > 0 and r[side]["first_epoch_seconds"] > 0
+        assert r["ratio"] > 0 and r["images"] == (128 if name == "conv" else 512)
+    assert report["train"]["vae"]["jit"] and not report["train"]["vae-eager"]["jit"] and report["train"]["ae"]["jit"]
+    assert report["train"]["vae"]["target"] == pytest.approx(1.10) and isinstance(report["train"]["vae"]["met"], bool)
+    b = report["batching"]
+    assert b["total"]["median"] > 0 and 0 < b["share"] < 1 and b["binarise"]["median"] > 0 and b["gather"]["median"] > 0
+    e = report["eval"]
+    assert e["images"] == 60 and e["num_samples"] == 30 and not e["targets_apply"]
+    assert e["importance"]["median"] > 0 and math.isfinite(e["importance"]["mean_log_px"]) and e["importance"]["mean_log_px"] < 0
+    assert e["floor"]["decoder_and_loglik_seconds"] > 0 and e["floor"]["decoder_matmul_flops"] == 2 * (2 * 400 + 400 * 784) * 60 * 30
+    assert e["grid"]["median"] > 0 and e["grid"]["grid_points"] > 0 and e["grid"]["mean_log_px"] < 0
+    # The exact log-likelihood is above the importance-sampling bound (up to the bound's noise).
+    assert e["is_minus_grid_nats"] < 1.0
+    assert all(set(row) == {"item", "median", "spread", "ratio", "target", "met", "note"} for row in report["table"])
+
+
+@pytest.mark.parametrize("name", ["vae", "ae", "meanfield", "conv"])
+def test_reference_computes_the_projects_loss_and_gradients(fashion, name):
+    """Same weights, same batch, same noise: the plain-PyTorch loss is the project's loss."""
+    images = 128 if name == "conv" else 600
+    trainer, reference = bench.build_pair(small_options(), name, fashion, images, quiet)
+    project_modules = [trainer.vae.encoder_guide.encoder, trainer.vae.decoder]
+    for mine, theirs in zip(project_modules, [reference.encoder, reference.decoder]):
+        for (key, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items()):
+            assert torch.equal(a, b), key
+    x = trainer.binarization.train(trainer.train_x[:64], 0, 1)
+    for step in range(2):  # the first call compiles (project) - the second runs the compiled graph
+        torch.manual_seed(step)
+        project = trainer.loss(x)
+        project_grads = torch.autograd.grad(project, [p for m in project_modules for p in m.parameters()])
+        torch.manual_seed(step)
+        plain = reference.loss(x)
+        plain_grads = torch.autograd.grad(plain, [p for m in (reference.encoder, reference.decoder) for p in m.parameters()])
+        assert float(project.detach()) == pytest.approx(float(plain.detach()), rel=1e-6), name
+        for g, h in zip(project_grads, plain_grads):
+            assert torch.allclose(g, h, rtol=1e-3, atol=1e-4 * float(h.abs().max())), name
+    assert trainer.jit_active == (name != "meanfield")
+
+
+def test_compiled_loss_trains_exactly_as_the_eager_objective(fashion):
+    """The compiled training loss follows the eager Trace_ELBO draw for draw, to the same weights."""
+    weights = []
+    for jit in (True, False):
+        cfg = bench._train_config(small_options(), bench.VARIANTS["vae"], 600)
+        trainer = Trainer(cfg, Path("<test>"), bench._subset(fashion, 600), log=quiet, jit=jit)
+        for _ in range(2):
+            trainer.train_epoch(progress=False)
+            trainer.epoch += 1
+        assert trainer.jit_active == jit
+        weights.append([p.detach().clone() for p in trainer.vae.parameters()])
+    for a, b in zip(*weights):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_nan_in_the_compiled_loop_names_its_step_and_epoch(fashion):
+    from dataclasses import replace
+
+    cfg = bench._train_config(small_options(), bench.VARIANTS["vae"], 600)
+    cfg.binarize = "none"
+    train_x = fashion.train_x[:600].clone()
+    order = torch.randperm(600, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1))
+    bad_image = int(order[3 * cfg.batch_size + 5])  # sits in step 4 of epoch 1
+    train_x[bad_image, 10] = float("nan")
+    trainer = Trainer(cfg, Path("<test>"), replace(fashion, train_x=train_x), log=quiet)
+    with pytest.raises(DivergedError, match="loss became nan at step 4 of epoch 1"):
+        trainer.train_epoch(progress=False)
+    assert trainer.jit_active
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["bench", "--quick", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_unknown_variant_is_a_clear_error(capsys):
+    assert main(["bench", "--quick", "--variants", "vae,gan"]) == 2
+    assert "unknown variant(s) 'gan'" in capsys.readouterr().err
+
+
+def test_study_item_measures_the_child_process(tmp_path):
+    study = tmp_path / "tiny.toml"
+    study.write_text(STUDY)
+    result = bench.bench_study(small_options(study=str(study), study_out=str(tmp_path / "runs")), quiet)
+    assert result["returncode"] == 0, result["output_tail"]
+    assert result["wall_seconds"] > 0 and result["cpu_seconds"] > 0 and not result["timed_out"]
+    assert 50 * 2**20 < result["peak_rss_bytes"] < bench.TARGET_STUDY_BYTES and result["met_memory"]
+    assert (tmp_path / "runs" / "VAE" / "seed-0" / "checkpoint.pt").exists()
+    rows = bench.table_rows({"study": result})
+    assert [r["item"] for r in rows] == ["study: wall time", "study: peak memory (max RSS)"]
