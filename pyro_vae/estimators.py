@@ -223,10 +223,7 @@ def log_importance_weights(vae, x: torch.Tensor, num_samples: int = 1000, batch_
     batch_size * chunk codes (by default sized to keep the logits near IS_CHUNK_BYTES). Numbers depend
     on seed, batch_size and chunk (the order of the random draws), nothing else.
     """
-    _check_stochastic_guide(vae, "importance sampling")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    x, device = _prepare(vae, x)
+    x, device = _prepare_sampling(vae, x, num_samples, "importance sampling")
     n, k_total = len(x), int(num_samples)
     batch_size, chunk = _default_batches(n, k_total, x.shape[1], x.element_size(), batch_size, chunk)
     out = torch.empty(n, k_total, dtype=x.dtype)
@@ -268,6 +265,14 @@ def pareto_k(log_weights: torch.Tensor | np.ndarray) -> np.ndarray:
             _, k_rest = az.psislw(lw[~flat], reff=1.0)
         k[~flat] = np.asarray(k_rest, dtype=np.float64)
     return k
+
+
+def _prepare_sampling(vae, x: torch.Tensor, num_samples: int, what: str):
+    """Checks shared by the guide-sampling estimators, then the images on the model's device."""
+    _check_stochastic_guide(vae, what)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    return _prepare(vae, x)
 
 
 def importance_log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: int | None = None,
@@ -332,10 +337,7 @@ def elbo_per_image(vae, x: torch.Tensor, num_samples: int = 100, batch_size: int
     guide, standard normal prior) and analytic_kl is not False; otherwise it is the Monte Carlo mean
     of log q(z|x) - log p(z) over the same draws. Raises ValueError for a deterministic guide.
     """
-    _check_stochastic_guide(vae, "the ELBO")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    x, device = _prepare(vae, x)
+    x, device = _prepare_sampling(vae, x, num_samples, "the ELBO")
     n = len(x)
     batch_size, chunk = _default_batches(n, num_samples, x.shape[1], x.element_size(), batch_size, None)
     out = torch.empty(n, dtype=x.dtype)
