@@ -52,6 +52,20 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def test_split_only_root(tmp_path_factory) -> Path:
+    """A data folder holding only MNIST's t10k files, like the sample shipped in the package:
+    the path on which a train/test split is carved from one file."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("t10k-only")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(DATA_ROOT / "MNIST" / "raw" / name, raw / name)
+    return root
+
+
+@pytest.fixture(scope="session")
 def mnist_small():
     """2000 real MNIST training images and 500 test images."""
     from pyro_vae import data

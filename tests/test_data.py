@@ -30,9 +30,16 @@ def test_fashion_mnist_official_split(data_root):
     assert len(d.provenance["train_file"]["images_sha256"]) == 64
 
 
-def test_mnist_carves_a_stratified_deterministic_split(data_root):
-    a = data.load("mnist", data_root)
-    b = data.load("mnist", data_root)
+def test_full_mnist_loads_the_official_split(data_root):
+    d = data.load("mnist", data_root)
+    assert d.train_x.shape == (60000, 784) and d.test_x.shape == (10000, 784)
+    assert torch.bincount(d.train_y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert d.split_indices is None and d.provenance["split"] == "official train/test files"
+
+
+def test_mnist_carves_a_stratified_deterministic_split(test_split_only_root):
+    a = data.load("mnist", test_split_only_root)
+    b = data.load("mnist", test_split_only_root)
     assert (len(a.train_x), len(a.test_x)) == (8000, 2000)
     train, test = set(a.split_indices["train"]), set(a.split_indices["test"])
     assert not train & test and train | test == set(range(10000))
@@ -41,17 +48,26 @@ def test_mnist_carves_a_stratified_deterministic_split(data_root):
     full = torch.bincount(torch.cat([a.train_y, a.test_y]))
     assert (torch.bincount(a.test_y) - 0.2 * full).abs().max() <= 1
     assert "carved" in a.provenance["split"]
-    other = data.load("mnist", data_root, split_seed=1)
+    other = data.load("mnist", test_split_only_root, split_seed=1)
     assert other.split_indices != a.split_indices
 
 
-def test_limits_keep_a_seeded_subset(data_root):
-    d = data.load("mnist", data_root, train_limit=300, test_limit=100)
+def test_limits_keep_a_seeded_subset(test_split_only_root):
+    d = data.load("mnist", test_split_only_root, train_limit=300, test_limit=100)
     assert (len(d.train_x), len(d.test_x)) == (300, 100)
     assert len(d.split_indices["train"]) == 300
-    full = data.load("mnist", data_root)
+    full = data.load("mnist", test_split_only_root)
     first = d.split_indices["train"][0]
     assert torch.equal(d.train_x[0], full.train_x[full.split_indices["train"].index(first)])
+
+
+def test_limits_on_the_official_split_keep_a_seeded_subset(data_root):
+    d = data.load("mnist", data_root, train_limit=300, test_limit=100)
+    again = data.load("mnist", data_root, train_limit=300, test_limit=100)
+    other = data.load("mnist", data_root, train_limit=300, test_limit=100, split_seed=1)
+    assert (len(d.train_x), len(d.test_x)) == (300, 100) and d.split_indices is None
+    assert torch.equal(d.train_x, again.train_x) and not torch.equal(d.train_x, other.train_x)
+    assert len(torch.unique(d.train_y)) == 10
 
 
 def test_decompressed_and_gzipped_files_agree(data_root, tmp_path):

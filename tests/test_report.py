@@ -121,7 +121,7 @@ def test_markdown_links_every_figure_by_relative_path(built):
 def test_report_states_setup_and_tables(built):
     _, _, out, _ = built
     text = (out / "report.md").read_text()
-    for phrase in ("## Setup", "carved from the test file", "600 training and 300 test images", "Binarisation: dynamic",
+    for phrase in ("## Setup", "Split: official train/test files", "600 training and 300 test images", "Binarisation: dynamic",
                    "K = 30", "test accuracy", "torch", "## All variants compared", "## All metrics",
                    "share in 95% ball", "prior FID", "seeds 0, 1"):
         assert phrase in text, phrase

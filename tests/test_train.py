@@ -28,18 +28,28 @@ def test_a_few_hundred_steps_lower_the_loss_clearly(tmp_path):
 
 def test_run_folder_contents(tmp_path):
     run = train(small_config(guide="delta", beta=0.0), tmp_path / "ae", progress=False, log=quiet)
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl", "split.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
     record = json.loads((run / "config.json").read_text())
     assert record["config"]["guide"] == "delta" and record["config"]["beta"] == 0.0
-    assert record["data"]["origin"] == "PYRO_VAE_DATA" and "carved" in record["data"]["split"]
+    assert record["data"]["origin"] == "PYRO_VAE_DATA" and record["data"]["split"] == "official train/test files"
+    assert record["data"]["train_count"] == 1000 and record["data"]["test_count"] == 300
     assert {"torch", "pyro", "torchvision", "python", "pyro_vae"} <= set(record["versions"])
-    split = json.loads((run / "split.json").read_text())
-    assert len(split["train"]) == 1000 and len(split["test"]) == 300
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and set(state) == {"epoch", "model", "optimizer", "rng"}
     loaded = load_run(run)
     x = torch.rand(5, 784)
     assert torch.equal(loaded.encode(x)[0], loaded.encode(x)[0]) and loaded.sample(4).shape == (4, 784)
+
+
+def test_a_carved_split_is_written_to_split_json(tmp_path, test_split_only_root):
+    cfg = small_config(data_dir=str(test_split_only_root))
+    run = train(cfg, tmp_path / "vae", progress=False, log=quiet)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl", "split.json"]
+    record = json.loads((run / "config.json").read_text())
+    assert record["data"]["origin"] == "--data-dir" and "carved" in record["data"]["split"]
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 1000 and len(split["test"]) == 300
+    assert not set(split["train"]) & set(split["test"]) and max(split["train"] + split["test"]) < 10000
 
 
 def test_resume_gives_identical_parameters(tmp_path):
