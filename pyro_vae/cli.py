@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-from .errors import UserError
+from pyro_vae.errors import UserError
 
 # name -> (help, add_arguments(parser), run(args) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -55,12 +55,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _choices() -> dict[str, str]:
     """Registry names for the help texts, so they list every component that exists."""
-    from .data import BINARIZATIONS, DATASETS
-    from .guides import GUIDES
-    from .likelihoods import LIKELIHOODS
-    from .networks import NETWORKS
-    from .objectives import OBJECTIVES
-    from .priors import PRIORS
+    from pyro_vae.components.guides import GUIDES
+    from pyro_vae.components.likelihoods import LIKELIHOODS
+    from pyro_vae.components.networks import NETWORKS
+    from pyro_vae.components.objectives import OBJECTIVES
+    from pyro_vae.components.priors import PRIORS
+    from pyro_vae.data import BINARIZATIONS, DATASETS
 
     tables = dict(datasets=DATASETS, guides=GUIDES, priors=PRIORS, likelihoods=LIKELIHOODS, objectives=OBJECTIVES,
                   networks=NETWORKS, binarizations=BINARIZATIONS)
@@ -98,8 +98,9 @@ def _parse_options(items: list[str], kind: str) -> dict:
 
 @command("train", "train one model into a run folder", _train_arguments)
 def _train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig, read_toml
-    from .train import resume, train
+    from pyro_vae.config import TrainConfig
+    from pyro_vae.io import read_toml
+    from pyro_vae.training.trainer import resume, train
 
     flags = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in TRAIN_FLAGS if hasattr(args, flag.replace("-", "_"))}
     options = {f"{kind}_options": _parse_options(getattr(args, f"{kind}_option"), kind) for kind in ("prior", "guide", "objective")}
@@ -135,8 +136,8 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("study", "train, evaluate and report every variant x seed of a study", _study_arguments)
 def _study(args: argparse.Namespace) -> int:
-    from .report import build_report
-    from .study import Study, run_study
+    from pyro_vae.report.build import build_report
+    from pyro_vae.study.runner import Study, run_study
 
     study = Study.load(args.study)
     runs_dir = run_study(study, args.out, progress=not args.no_progress)
@@ -151,7 +152,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("report", "rebuild a study's report from its run folders (no retraining)", _report_arguments)
 def _report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from pyro_vae.report.build import build_report
 
     print(build_report(args.runs_dir, args.out))
     return 0
@@ -168,7 +169,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from .evaluate import EvalSettings, evaluate_run
+    from pyro_vae.evaluation.evaluate import EvalSettings, evaluate_run
 
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
@@ -178,7 +179,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from pyro_vae import __version__
 
     p = _Parser(prog="pyro-vae", description="Variational autoencoders as Pyro programs, and studies comparing them.")
     p.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
@@ -207,14 +208,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    from .bench import add_arguments
+    from pyro_vae.bench.run import add_arguments
 
     add_arguments(p)
 
 
 @command("bench", "measure training throughput against plain PyTorch, batching, evaluation and study cost", _bench_arguments)
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+    from pyro_vae.bench.run import main as bench_main
 
     return bench_main(args)
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from pyro_vae.errors import UserError
 
 
 @dataclass
@@ -61,12 +59,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
-        from .data import BINARIZATIONS, DATASETS
-        from .guides import GUIDES
-        from .likelihoods import LIKELIHOODS
-        from .networks import NETWORKS
-        from .objectives import OBJECTIVES
-        from .priors import PRIORS
+        from pyro_vae.components.guides import GUIDES
+        from pyro_vae.components.likelihoods import LIKELIHOODS
+        from pyro_vae.components.networks import NETWORKS
+        from pyro_vae.components.objectives import OBJECTIVES
+        from pyro_vae.components.priors import PRIORS
+        from pyro_vae.data import BINARIZATIONS, DATASETS
 
         for registry, name in (
             (DATASETS, self.dataset), (GUIDES, self.guide), (PRIORS, self.prior), (LIKELIHOODS, self.likelihood),
@@ -115,12 +113,3 @@ def _typed(cfg: TrainConfig) -> None:
         setattr(cfg, f.name, converted)
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path} is not valid TOML: {e}") from None

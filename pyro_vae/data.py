@@ -17,8 +17,9 @@ from typing import Callable
 
 import torch
 
-from .errors import DataError
-from .registry import Registry
+from pyro_vae.errors import DataError
+from pyro_vae.io import atomic_write_bytes
+from pyro_vae.registry import Registry
 
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
@@ -93,9 +94,7 @@ def _plain_copy(path: Path, digest: str) -> Path:
             data = f.read()
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path} is not a readable gzip file ({e}); download it again") from None
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    atomic_write_bytes(target, data)
     return target
 
 
@@ -325,3 +324,13 @@ BINARIZATIONS.register("fixed")(
     Binarization(lambda x, seed, epoch: _bernoulli(x, seed), lambda x, seed: _bernoulli(x, seed + _TEST_STREAM))
 )
 BINARIZATIONS.register("none")(Binarization(lambda x, seed, epoch: x, lambda x, seed: x))
+
+
+def load_data(cfg) -> Data:
+    """The data a TrainConfig names, split and limited as it says."""
+    return load(
+        cfg.dataset, cfg.data_dir, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
+        train_limit=cfg.train_limit, test_limit=cfg.test_limit,
+    )
+
+

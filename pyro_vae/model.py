@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-
 import pyro
 import torch
 from pyro import poutine
 from torch import nn
 
-from .guides import GUIDES
-from .likelihoods import LIKELIHOODS, Likelihood
-from .networks import NETWORKS
-from .priors import PRIORS
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.likelihoods import LIKELIHOODS, Likelihood
+from pyro_vae.components.networks import NETWORKS
+from pyro_vae.components.priors import PRIORS
 
 
 class VAE(nn.Module):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Patch
 from matplotlib.ticker import FuncFormatter
+
+from pyro_vae.io import atomic_write
 
 __all__ = [
     "save_figure",
@@ -78,20 +79,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DEFAULT_DPI) ->
     if path.name in ("", ".", ".."):
         raise ValueError(f"save_figure: {str(path)!r} is not a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi, facecolor="white")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, facecolor="white"), mode=0o644)
     return path
 
 

@@ -1,10 +1,19 @@
-"""Name -> constructor tables, so a prior, guide, objective or network is swapped by name."""
+"""Name -> entry tables, so a dataset, prior, guide, likelihood, objective or network is chosen by name.
+
+One registration style for every kind: ``@PRIORS.register("mixture")`` above a class or a factory
+function, or ``NETWORKS.register("mlp")(value)`` for a plain value. A class's keyword-only
+``__init__`` arguments, or a factory's keyword-only arguments, are its options: an unknown option
+or a bad value is a one-line UserError rather than a TypeError from deep inside build_vae.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import functools
+import inspect
+import math
+from typing import Any, Callable, Generic, TypeVar
 
-from .errors import UserError
+from pyro_vae.errors import UserError
 
 T = TypeVar("T")
 
@@ -18,6 +27,7 @@ class Registry(Generic[T]):
         def add(entry: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            entry = _with_checked_options(self.kind, name, entry)
             self._entries[name] = entry
             return entry
 
@@ -36,3 +46,58 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+
+def _with_checked_options(kind: str, name: str, entry):
+    """A class gets its __init__ wrapped, a function is wrapped, a plain value is kept as it is."""
+    if inspect.isclass(entry):
+        init = entry.__init__
+        allowed = keyword_options(init)
+
+        @functools.wraps(init)
+        def checked_init(self, *args, **options):
+            init(self, *args, **check_options(kind, name, options, allowed))
+
+        entry.__init__ = checked_init
+        entry.registered_name = name
+        return entry
+    if inspect.isfunction(entry):
+        allowed = keyword_options(entry)
+
+        @functools.wraps(entry)
+        def checked(*args, **options):
+            return entry(*args, **check_options(kind, name, options, allowed))
+
+        return checked
+    return entry
+
+
+def check_options(kind: str, name: str, options: dict, allowed: list[str]) -> dict[str, Any]:
+    """`options` with '-' read as '_', or a UserError naming the unknown ones and the valid ones."""
+    normalized = {str(key).replace("-", "_"): value for key, value in options.items()}
+    unknown = sorted(set(normalized) - set(allowed))
+    if unknown:
+        valid = ", ".join(allowed) if allowed else f"none ({kind} {name!r} takes no options)"
+        raise UserError(
+            f"unknown option {', '.join(map(repr, unknown))} for {kind} {name!r} in {kind}_options; valid options: {valid}"
+        )
+    return normalized
+
+
+def keyword_options(fn: Callable) -> list[str]:
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+
+def int_option(where: str, option: str, value: Any, low: int = 1) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())) or value < low:
+        raise UserError(f"{where} option {option} must be a whole number of at least {low}, got {value!r}")
+    return int(value)
+
+
+def float_option(where: str, option: str, value: Any, low: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (low is not None and value < low):
+        bound = f" of at least {low}" if low is not None else ""
+        raise UserError(f"{where} option {option} must be a number{bound}, got {value!r}")
+    return float(value)
+
+

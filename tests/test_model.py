@@ -2,12 +2,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import small_config
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from conftest import small_config
-from pyro_vae.likelihoods import Likelihood
+from pyro_vae.components.likelihoods import Likelihood
+from pyro_vae.components.objectives import OBJECTIVES
 from pyro_vae.model import build_vae
-from pyro_vae.objectives import OBJECTIVES
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import classifier as clf
-from pyro_vae.classifier import (
+from pyro_vae.evaluation import classifier as clf
+from pyro_vae.evaluation.classifier import (
     FEATURE_DIM,
     Classifier,
     classifier_features,

@@ -24,11 +24,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import runs
-from .config import TrainConfig, read_toml
-from .errors import UserError
-from .evaluate import EvalSettings, Scorer, evaluate_run, read_evaluation
-from .train import load_data, resume, train
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import load_data
+from pyro_vae.errors import UserError
+from pyro_vae.evaluation.evaluate import (
+    EvalSettings,
+    Scorer,
+    evaluate_run,
+    read_evaluation,
+)
+from pyro_vae.io import atomic_write_json, read_json, read_toml
+from pyro_vae.training import runs
+from pyro_vae.training.trainer import resume, train
 
 STUDY_FILE = "study.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -93,7 +100,7 @@ class Study:
 
     @classmethod
     def from_runs_dir(cls, runs_dir: str | Path) -> "Study":
-        return cls.from_dict(runs.read_json(Path(runs_dir) / STUDY_FILE), str(Path(runs_dir) / STUDY_FILE))
+        return cls.from_dict(read_json(Path(runs_dir) / STUDY_FILE), str(Path(runs_dir) / STUDY_FILE))
 
 
 def _check_same_config(run: Path, cfg: TrainConfig) -> None:
@@ -117,10 +124,10 @@ def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     if (runs_dir / STUDY_FILE).exists():
-        previous = runs.read_json(runs_dir / STUDY_FILE)
+        previous = read_json(runs_dir / STUDY_FILE)
         if previous.get("name") != study.name:
             raise UserError(f"{runs_dir} holds the runs of study {previous.get('name')!r}; use another --out for {study.name!r}")
-    runs.atomic_write_json(runs_dir / STUDY_FILE, asdict(study))
+    atomic_write_json(runs_dir / STUDY_FILE, asdict(study))
     cells = study.cells()
     todo = []
     for variant, seed in cells:
@@ -163,7 +170,7 @@ def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None]) -> 
         run = study.run_dir(runs_dir, variant, seed)
         evaluation = run / runs.EVALUATION
         if not evaluation.exists() or evaluation.stat().st_mtime < (run / runs.CHECKPOINT).stat().st_mtime \
-                or runs.read_json(evaluation).get("settings") != asdict(settings):
+                or read_json(evaluation).get("settings") != asdict(settings):
             stale.append((variant, seed, run))
     if not stale:
         log("evaluation: all runs already evaluated")

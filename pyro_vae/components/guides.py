@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from .errors import UserError
-from .options import int_option, register_component
-from .registry import Registry
+from pyro_vae.errors import UserError
+from pyro_vae.io import seeded
+from pyro_vae.registry import Registry, int_option
 
 # Constructor signature: (z_dim, make_encoder, **options) -> nn.Module, where
 # make_encoder(out_dim) builds the configured encoder network.
@@ -35,7 +35,7 @@ MIN_SCALE = 1e-4  # keeps log q finite when an encoder drives a scale towards ze
 # Guides
 
 
-@register_component(GUIDES, "gaussian")
+@GUIDES.register("gaussian")
 class GaussianGuide(nn.Module):
     """Diagonal Normal(mean(x), scale(x))."""
 
@@ -54,7 +54,7 @@ class GaussianGuide(nn.Module):
         return dist.Normal(*self.encode(x)).to_event(1)
 
 
-@register_component(GUIDES, "delta")
+@GUIDES.register("delta")
 class DeltaGuide(nn.Module):
     """A point mass at enc(x): the deterministic autoencoder as a guide."""
 
@@ -72,7 +72,7 @@ class DeltaGuide(nn.Module):
         return dist.Delta(self.encoder(x), event_dim=1)
 
 
-@register_component(GUIDES, "full-rank")
+@GUIDES.register("full-rank")
 class FullRankGuide(nn.Module):
     """MultivariateNormal(mean(x), L(x) L(x)^T) with an amortized Cholesky factor L.
 
@@ -111,7 +111,7 @@ class FullRankGuide(nn.Module):
         return dist.MultivariateNormal(loc, scale_tril=tril)
 
 
-@register_component(GUIDES, "iaf")
+@GUIDES.register("iaf")
 class IAFGuide(nn.Module):
     """A diagonal Gaussian pushed through `steps` inverse autoregressive flow steps conditioned on x.
 
@@ -153,8 +153,6 @@ class IAFGuide(nn.Module):
         return dist.TransformedDistribution(base, [flow.condition(context) for flow in self.flows])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, device_type=x.device.type):
-            torch.manual_seed(self.ENCODE_SEED)
+        with seeded(self.ENCODE_SEED, x.device):
             z = self(x).rsample((self.encode_samples,))
         return z.mean(0), z.std(0)

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vae import estimators as E
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import BINARIZATIONS
+from pyro_vae.evaluation import estimators as E
 from pyro_vae.model import build_vae
 
 
@@ -281,8 +281,8 @@ def test_continuous_bernoulli_is_scored_by_matmul_exactly(monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from pyro_vae.api import load_run
-    from pyro_vae.train import train
+    from pyro_vae.training.runs import load_run
+    from pyro_vae.training.trainer import train
 
     cfg = TrainConfig(epochs=3, train_limit=3000, test_limit=300, seed=0)
     run = load_run(train(cfg, tmp_path_factory.mktemp("est") / "run", progress=False, log=lambda msg: None))

@@ -1,48 +1,32 @@
 """A run is a folder: config.json, split.json, metrics.jsonl, checkpoint.pt (+ evaluation.json).
 
 Every file is written atomically (temp file + rename), so an interrupted run never leaves a
-half-written file behind.
+half-written file behind. `load_run` opens a finished run from Python:
+
+    run = load_run("runs/vae")
+    mean, scale = run.encode(images)      # posterior mean and scale, (N, z_dim) each
+    images = run.decode(codes)            # Bernoulli means, (N, 784)
+    samples = run.sample(64, seed=0)      # decoded draws from the prior
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import platform
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from .config import TrainConfig
-from .errors import UserError
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import Data, load_data
+from pyro_vae.errors import UserError
+from pyro_vae.io import atomic_write_bytes, read_json, seeded
+from pyro_vae.model import VAE, build_vae
 
 CONFIG, SPLIT, METRICS, CHECKPOINT, EVALUATION = "config.json", "split.json", "metrics.jsonl", "checkpoint.pt", "evaluation.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; is {Path(path).parent} a pyro-vae run folder?") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); the run folder is damaged") from None
 
 
 def versions() -> dict[str, str]:
@@ -50,7 +34,7 @@ def versions() -> dict[str, str]:
     import pyro
     import torchvision
 
-    from . import __version__
+    from pyro_vae import __version__
 
     return {
         "pyro_vae": __version__, "python": platform.python_version(), "torch": torch.__version__,
@@ -123,3 +107,47 @@ def is_complete(run: Path) -> bool:
     cfg, _ = read_config(run)
     metrics = read_metrics(run)
     return bool(metrics) and metrics[-1]["epoch"] >= cfg.epochs
+
+
+@dataclass
+class Run:
+    path: Path
+    config: TrainConfig
+    record: dict
+    vae: VAE
+    epoch: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    def encode(self, x: torch.Tensor, batch_size: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [self.vae.encode(x[i : i + batch_size].to(self.device)) for i in range(0, len(x), batch_size)]
+        return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
+
+    def decode(self, z: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+        return torch.cat([self.vae.decode(z[i : i + batch_size].to(self.device)) for i in range(0, len(z), batch_size)]).cpu()
+
+    def sample_codes(self, n: int, seed: int = 0) -> torch.Tensor:
+        with seeded(seed):
+            return self.vae.sample_prior(n).cpu()
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        return self.decode(self.sample_codes(n, seed))
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def data(self) -> Data:
+        return load_data(self.config)
+
+
+def load_run(path: str | Path, device: str = "cpu") -> Run:
+    path = Path(path)
+    cfg, record = read_config(path)
+    cfg.device = device
+    state = load_checkpoint(path, device)
+    vae = build_vae(cfg).to(device)
+    vae.load_state_dict(state["model"])
+    vae.eval()
+    return Run(path, cfg, record, vae, state["epoch"])

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import bench
+from pyro_vae.bench import run as bench
 from pyro_vae.cli import main
 from pyro_vae.errors import DivergedError
-from pyro_vae.train import Trainer
+from pyro_vae.training.trainer import Trainer
 
 STUDY = """
 name = "tiny"

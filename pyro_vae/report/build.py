@@ -33,10 +33,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.stats import chi2
 
-from . import plots, runs
-from .errors import UserError
-from .evaluate import EVALUATION_ARRAYS, evaluate_run
-from .study import Study, collect, evaluate_study
+from pyro_vae import plots
+from pyro_vae.errors import UserError
+from pyro_vae.evaluation.evaluate import EVALUATION_ARRAYS, evaluate_run
+from pyro_vae.io import atomic_write_bytes
+from pyro_vae.study.runner import Study, collect, evaluate_study
+from pyro_vae.training import runs
 
 __all__ = [
     "build_report", "compare_metric", "claim_verdict", "judge_claims", "metric_direction",
@@ -625,7 +627,7 @@ def _csv_text(results: list[dict], metric_names: list[str]) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    runs.atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # =============================================================================================
@@ -924,7 +926,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str],
     _write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
     _write_text(out_dir / "results.csv", _csv_text(results, metric_names))
 
-    from .data import DATASETS
+    from pyro_vae.data import DATASETS
 
     dataset = results[0]["config"]["dataset"]
     class_names = list(DATASETS[dataset].class_names)

@@ -10,7 +10,7 @@ import pyro.distributions as dist
 import torch
 from torch.nn.functional import softplus
 
-from .registry import Registry
+from pyro_vae.registry import Registry
 
 
 @dataclass(frozen=True)

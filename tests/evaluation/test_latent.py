@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from pyro_vae.latent_metrics import (
+from pyro_vae.evaluation.latent import (
     centre_metrics,
     frechet_distance,
     latent_metrics,

@@ -18,10 +18,18 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from . import estimators, latent_metrics, plots, runs
-from .api import Run, load_run
-from .classifier import classifier_features, load_or_train_classifier, sample_quality
-from .data import BINARIZATIONS, Data, cache_dir
+from pyro_vae import plots
+from pyro_vae.data import BINARIZATIONS, Data, cache_dir
+from pyro_vae.evaluation import estimators
+from pyro_vae.evaluation import latent as latent_metrics
+from pyro_vae.evaluation.classifier import (
+    classifier_features,
+    load_or_train_classifier,
+    sample_quality,
+)
+from pyro_vae.io import atomic_write_bytes, atomic_write_json, read_json, seeded
+from pyro_vae.training import runs
+from pyro_vae.training.runs import Run, load_run
 
 EVALUATION_ARRAYS = "evaluation.npz"
 MANIFOLD_SIZE = 15
@@ -41,7 +49,7 @@ class EvalSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "EvalSettings":
-        from .errors import UserError
+        from pyro_vae.errors import UserError
 
         unknown = set(values) - set(asdict(cls()))
         if unknown:
@@ -127,8 +135,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scor
                        for k, v in estimators.active_units(vae, x).items() if np.isscalar(v)})
 
     # Sample quality: prior draws, uniform draws over the code box, midpoints of encoded pairs.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
+    with seeded(settings.seed):
         prior_codes = vae.sample_prior(settings.generated)
     box_codes = _box_codes(codes, settings.generated, gen)
     prior_images, box_images = run.decode(prior_codes), run.decode(box_codes)
@@ -157,12 +164,12 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scor
         arrays.update(prior_log_density=log_density.numpy(), prior_extent=np.array(extent))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    runs.atomic_write_bytes(run.path / EVALUATION_ARRAYS, buffer.getvalue())
-    runs.atomic_write_json(run.path / runs.EVALUATION, {"settings": asdict(settings), "metrics": result})
+    atomic_write_bytes(run.path / EVALUATION_ARRAYS, buffer.getvalue())
+    atomic_write_json(run.path / runs.EVALUATION, {"settings": asdict(settings), "metrics": result})
     log(f"evaluated {run.path} in {result['eval_seconds']:.1f} s")
     return result
 
 
 def read_evaluation(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / runs.EVALUATION
-    return runs.read_json(path)["metrics"] if path.exists() else None
+    return read_json(path)["metrics"] if path.exists() else None

@@ -16,17 +16,16 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
-from .data import PIXELS
-from .errors import UserError
-from .options import int_option, register_component
-from .registry import Registry
+from pyro_vae.data import PIXELS
+from pyro_vae.errors import UserError
+from pyro_vae.registry import Registry, int_option
 
 # Constructor signature: (z_dim, guide, **options) -> nn.Module. The guide is passed for priors
 # defined through it (VampPrior); others ignore it.
 PRIORS: Registry = Registry("prior")
 
 
-@register_component(PRIORS, "standard-normal")
+@PRIORS.register("standard-normal")
 class StandardNormal(nn.Module):
     def __init__(self, z_dim: int, guide: nn.Module | None = None):
         super().__init__()
@@ -37,7 +36,7 @@ class StandardNormal(nn.Module):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
-@register_component(PRIORS, "gaussian")
+@PRIORS.register("gaussian")
 class LearnedGaussian(nn.Module):
     """Normal(loc, diag(scale^2)) with learnable loc and log-scale; N(0, I) at initialisation."""
 
@@ -50,7 +49,7 @@ class LearnedGaussian(nn.Module):
         return dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
 
 
-@register_component(PRIORS, "mixture")
+@PRIORS.register("mixture")
 class GaussianMixture(nn.Module):
     """A learnable mixture of `components` diagonal Gaussians (weights, means and scales).
 
@@ -100,7 +99,7 @@ class UniformMixture(dist.TorchDistribution):
             return every.gather(-2, which[..., None, None].expand(*which.shape, 1, every.shape[-1])).squeeze(-2)
 
 
-@register_component(PRIORS, "vamp")
+@PRIORS.register("vamp")
 class VampPrior(nn.Module):
     """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), the guide's own posterior at
     K = `components` learnable pseudo-inputs u_k = sigmoid(logits_k) in pixel space.
@@ -133,7 +132,7 @@ class VampPrior(nn.Module):
 FLOW_TRANSFORMS = ("affine", "spline")
 
 
-@register_component(PRIORS, "flow")
+@PRIORS.register("flow")
 class FlowPrior(nn.Module):
     """N(0, I) pushed through `steps` learnable autoregressive transforms (`transform`: affine or
     spline; autoregressive networks with two hidden layers of `hidden_dim`).

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyro_vae.io import seeded
+
 __all__ = ["elbo_per_image", "importance_log_likelihood", "grid_log_likelihood", "active_units", "summarise"]
 
 # Rough cap on the bytes of the largest intermediates (logits and broadcast log_probs of likelihoods
@@ -68,13 +70,10 @@ def _device_dtype(vae, x: torch.Tensor) -> tuple[torch.device, torch.dtype]:
 def _evaluating(vae, device: torch.device, seed: int | None):
     """no_grad + eval mode (restored afterwards) + a forked RNG seeded with `seed`."""
     modes = [(m, m.training) for m in vae.modules()] if hasattr(vae, "modules") else []
-    devices = [device] if device.type == "cuda" else []
     try:
         if hasattr(vae, "eval"):
             vae.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=devices, device_type=device.type):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with torch.no_grad(), seeded(seed, device):
             yield
     finally:
         for m, training in modes:

@@ -3,12 +3,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import small_config
-from pyro_vae import runs
-from pyro_vae.api import load_run
+
 from pyro_vae.errors import DivergedError, UserError
-from pyro_vae.train import Trainer, resume, train
+from pyro_vae.training import runs
+from pyro_vae.training.runs import load_run
+from pyro_vae.training.trainer import resume, train
 
 
 def quiet(msg):
@@ -99,7 +99,7 @@ def test_bad_data_leaves_an_existing_run_untouched(tmp_path):
 def test_nan_stops_with_step_and_epoch_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     run = train(small_config(), tmp_path / "run", progress=False, log=quiet)
     digest = hashlib.sha256((run / "checkpoint.pt").read_bytes()).hexdigest()
-    from pyro_vae import train as train_mod
+    from pyro_vae.training import trainer as train_mod
 
     real_build = train_mod.build_objective
 

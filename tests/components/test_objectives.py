@@ -7,11 +7,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-
 from conftest import small_config
+
+from pyro_vae.components.objectives import OBJECTIVES, log_weights
 from pyro_vae.errors import UserError
 from pyro_vae.model import build_vae
-from pyro_vae.objectives import OBJECTIVES, log_weights
 
 Z = 3
 

@@ -14,7 +14,6 @@ Options come from `objective_options` in the config (keyword-only arguments of t
 
 from __future__ import annotations
 
-import functools
 import math
 
 import pyro
@@ -23,30 +22,14 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from .errors import UserError
-from .options import check_options, float_option, keyword_options
-from .registry import Registry
+from pyro_vae.errors import UserError
+from pyro_vae.registry import Registry, float_option
 
 # Constructor signature: (num_particles, **options) -> objective.
 OBJECTIVES: Registry = Registry("objective")
 
 # The model's only plate ("data") sits at dim -1; particles go to its left.
 MAX_PLATE_NESTING = 1
-
-
-def register_objective(name: str):
-    """Register a constructor under `name`; its keyword-only arguments are its options."""
-
-    def add(build):
-        allowed = keyword_options(build)
-
-        @functools.wraps(build)
-        def checked(num_particles: int, **options):
-            return build(num_particles, **check_options("objective", name, options, allowed))
-
-        return OBJECTIVES.register(name)(checked)
-
-    return add
 
 
 def _pyro_elbo(cls):
@@ -57,8 +40,8 @@ def _pyro_elbo(cls):
     return build
 
 
-register_objective("trace")(_pyro_elbo(pyro.infer.Trace_ELBO))
-register_objective("meanfield")(_pyro_elbo(pyro.infer.TraceMeanField_ELBO))
+OBJECTIVES.register("trace")(_pyro_elbo(pyro.infer.Trace_ELBO))
+OBJECTIVES.register("meanfield")(_pyro_elbo(pyro.infer.TraceMeanField_ELBO))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,12 +116,12 @@ class RenyiBound:
             return float(self.differentiable_loss(model, guide, x))
 
 
-@register_objective("iwae")
+@OBJECTIVES.register("iwae")
 def iwae(num_particles: int) -> RenyiBound:
     return RenyiBound(num_particles, alpha=0.0)
 
 
-@register_objective("renyi")
+@OBJECTIVES.register("renyi")
 def renyi(num_particles: int, *, alpha: float = 0.5) -> RenyiBound:
     alpha = float_option("objective 'renyi'", "alpha", alpha)
     if alpha < 0:

@@ -12,9 +12,7 @@ VAE decodes to.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vae.latent_metrics import frechet_distance
+from pyro_vae.evaluation.latent import frechet_distance
+from pyro_vae.io import atomic_write, seeded
 
 __all__ = [
     "Classifier",
@@ -129,8 +128,7 @@ def train_classifier(
     x = _as_images(train_x).to(device)
     y = _as_labels(train_y, len(x)).to(device)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = Classifier().to(device)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -215,14 +213,7 @@ def load_or_train_classifier(
         "arch_version": ARCH_VERSION,
     }
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(blob, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: torch.save(blob, fh))
     return model, {"test_accuracy": float(acc), "key": key, "path": str(path), "cached": False}
 
 

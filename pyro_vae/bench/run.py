@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pyro_vae.io import seeded
+
 # Targets of the issue (on the 2-core machine).
 TARGET_TRAIN_RATIO = 1.10  # project/reference epoch time, default VAE and AE
 TARGET_BATCHING_SHARE = 0.03  # of the project's epoch
@@ -147,7 +149,7 @@ class Options:
         return o.validate()
 
     def validate(self) -> "Options":
-        from .errors import UserError
+        from pyro_vae.errors import UserError
 
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
@@ -227,9 +229,9 @@ class Reference:
     def __init__(self, cfg, kind: str, device):
         import pyro
 
-        from .guides import MIN_SCALE
-        from .networks import NETWORKS
-        from .train import build_optimizer
+        from pyro_vae.components.guides import MIN_SCALE
+        from pyro_vae.components.networks import NETWORKS
+        from pyro_vae.training.trainer import build_optimizer
 
         if kind not in ("mc", "analytic", "ae"):
             raise ValueError(f"unknown reference kind {kind!r}")
@@ -286,7 +288,7 @@ class Reference:
 
 
 def _train_config(opts: Options, variant: Variant, images: int):
-    from .config import TrainConfig
+    from pyro_vae.config import TrainConfig
 
     cfg = TrainConfig(dataset=opts.dataset, data_dir=opts.data_dir, device=opts.device, batch_size=opts.batch_size,
                       train_limit=images, epochs=10**6, seed=0)
@@ -303,7 +305,7 @@ def _subset(data, images: int):
 
 def build_pair(opts: Options, name: str, data, images: int, log: Callable[[str], None]):
     """(Trainer, Reference) for a variant: the project's path and its plain-PyTorch twin, same start."""
-    from .train import Trainer
+    from pyro_vae.training.trainer import Trainer
 
     variant = VARIANTS[name]
     cfg = _train_config(opts, variant, images)
@@ -515,7 +517,7 @@ def decoder_floor(vae, x, num_samples: int, device, budget_codes: int = 200_000,
     """
     import torch
 
-    from . import estimators
+    from pyro_vae.evaluation import estimators
 
     n = len(x)
     images = max(1, min(n, budget_codes // num_samples))
@@ -529,8 +531,7 @@ def decoder_floor(vae, x, num_samples: int, device, budget_codes: int = 200_000,
     xs = x[:images].to(device)
     codes = images * num_samples
     dev = torch.device(device)
-    with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [], device_type=dev.type):
-        torch.manual_seed(0)
+    with torch.no_grad(), seeded(0, dev):
         work = []
         for i in range(0, images, per_chunk_images):
             xb = xs[i : i + per_chunk_images]
@@ -567,7 +568,7 @@ FULL_TEST = 10000  # the eval targets are stated for the 10k test images
 def bench_eval(opts: Options, vae, test_obs, source: str, log: Callable[[str], None]) -> dict:
     import torch
 
-    from . import estimators
+    from pyro_vae.evaluation import estimators
 
     device = next(vae.parameters()).device
     x = test_obs[: opts.eval_images].to(device)
@@ -611,12 +612,12 @@ def bench_eval(opts: Options, vae, test_obs, source: str, log: Callable[[str], N
 
 def _eval_model(opts: Options, trainer, log):
     """(vae, binarised test images, description) to evaluate: --run, the bench's VAE, or a fresh one."""
-    from . import data as data_mod
-    from .train import Trainer
+    from pyro_vae import data as data_mod
+    from pyro_vae.training.trainer import Trainer
 
     if opts.run:
-        from .api import load_run
-        from .train import load_data
+        from pyro_vae.data import load_data
+        from pyro_vae.training.runs import load_run
 
         run = load_run(opts.run, device=opts.device)
         cfg = run.config
@@ -626,7 +627,7 @@ def _eval_model(opts: Options, trainer, log):
         obs = data_mod.BINARIZATIONS[cfg.binarize].test(data.test_x.to(opts.device), cfg.seed)
         return run.vae, obs, f"run {opts.run} (epoch {run.epoch})"
     if trainer is None:
-        from .train import load_data
+        from pyro_vae.data import load_data
 
         cfg = _train_config(opts, VARIANTS["vae"], opts.train_images or 60000)
         cfg.test_limit = opts.eval_images
@@ -781,7 +782,7 @@ def _meta(opts: Options) -> dict:
     import pyro
     import torch
 
-    from . import __version__
+    from pyro_vae import __version__
 
     meta = {
         "pyro_vae": __version__, "torch": torch.__version__, "pyro": pyro.__version__, "python": platform.python_version(),
@@ -801,7 +802,7 @@ def _meta(opts: Options) -> dict:
 def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
     import torch
 
-    from .train import load_data
+    from pyro_vae.data import load_data
 
     if log is None:
         log = (lambda m: None) if opts.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -849,7 +850,7 @@ def _jsonable(obj):
 
 
 def main(args: argparse.Namespace) -> int:
-    from . import runs
+    from pyro_vae.io import atomic_write_json
 
     opts = Options.from_args(args)
     report = run_bench(opts)
@@ -864,6 +865,6 @@ def main(args: argparse.Namespace) -> int:
               "project and reference alike; OMP_WAIT_POLICY=PASSIVE or --threads 1 gives steadier numbers")
     print(format_table(report["table"]))
     if opts.json:
-        runs.atomic_write_json(Path(opts.json), _jsonable(report))
+        atomic_write_json(Path(opts.json), _jsonable(report))
         print(f"JSON: {opts.json}")
     return 0

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .data import PIXELS
-from .registry import Registry
+from pyro_vae.data import PIXELS
+from pyro_vae.registry import Registry
 
 
 @dataclass(frozen=True)

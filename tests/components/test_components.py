@@ -8,14 +8,18 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-
 from conftest import small_config
+
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.likelihoods import (
+    LIKELIHOODS,
+    ContinuousBernoulli,
+    continuous_bernoulli_log_norm,
+)
+from pyro_vae.components.objectives import OBJECTIVES
+from pyro_vae.components.priors import PRIORS
 from pyro_vae.errors import UserError
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS, ContinuousBernoulli, continuous_bernoulli_log_norm
 from pyro_vae.model import build_vae
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.priors import PRIORS
 
 Z = 3
 DISALLOWED = {("vamp", "delta")}

@@ -12,11 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae import report, runs
 from pyro_vae.errors import UserError
-from pyro_vae.report import (BETTER, FAILS, HOLDS, NOT_JUDGED, PARTLY, SAME, UNJUDGED, WORSE, build_report,
-                             claim_verdict, compare_metric, judge_claims)
-from pyro_vae.study import Study, run_study
+from pyro_vae.report import build as report
+from pyro_vae.report.build import (
+    BETTER,
+    FAILS,
+    HOLDS,
+    NOT_JUDGED,
+    PARTLY,
+    SAME,
+    UNJUDGED,
+    WORSE,
+    build_report,
+    claim_verdict,
+    compare_metric,
+    judge_claims,
+)
+from pyro_vae.study.runner import Study, run_study
+from pyro_vae.training import runs
 
 STUDY = {
     "name": "tiny", "title": "Tiny AE vs VAE <check & escape>", "seeds": [0, 1],
@@ -337,7 +350,15 @@ def test_max_radius_target_is_the_median_largest_norm():
 
 
 def test_renderers_escape_their_input(tmp_path):
-    from pyro_vae.report import Bullets, Cell, Heading, Paragraph, Table, render_html, render_markdown
+    from pyro_vae.report.build import (
+        Bullets,
+        Cell,
+        Heading,
+        Paragraph,
+        Table,
+        render_html,
+        render_markdown,
+    )
 
     blocks = [Heading(1, "A <b> & B"), Paragraph(["x < y & ", ("code", "a|b"), " ", ("b", "*bold*")], "warning"),
               Bullets(["<script>alert(1)</script>"]),
@@ -352,7 +373,7 @@ def test_renderers_escape_their_input(tmp_path):
 
 
 def test_number_formatting():
-    from pyro_vae.report import Summary, _fmt, _fmt_pm
+    from pyro_vae.report.build import Summary, _fmt, _fmt_pm
 
     assert _fmt(None) == "—" and _fmt(math.nan) == "—" and _fmt(math.inf) == "∞"
     assert _fmt(-98.1234) == "−98.12" and _fmt(3) == "3" and _fmt(0.95) == "0.9500"

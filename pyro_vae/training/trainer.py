@@ -1,0 +1,210 @@
+"""The SVI loop: one Pyro ELBO, a torch optimiser, data held on the device and batched by index."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pyro
+import pyro.infer
+import torch
+from tqdm import tqdm
+
+from pyro_vae import data as data_mod
+from pyro_vae.data import load_data
+from pyro_vae.components.objectives import OBJECTIVES
+from pyro_vae.config import TrainConfig
+from pyro_vae.errors import DivergedError, UserError
+from pyro_vae.io import atomic_write_json, log_to_stderr, seeded
+from pyro_vae.model import VAE, build_vae
+from pyro_vae.training import runs
+from pyro_vae.training.compiled import CompiledLoss, jit_wanted
+
+EVAL_BATCH = 1000
+# The loop keeps each step's loss as a tensor and looks at them every CHECK_EVERY steps (and at the
+# end of the epoch): one host sync per CHECK_EVERY steps instead of one per step. A non-finite loss
+# is still reported with its own step and epoch.
+CHECK_EVERY = 50
+# Evaluation draws its noise from its own seeded stream, so it neither disturbs training's RNG
+# (resume equivalence) nor varies between epochs.
+_EVAL_STREAM = 7919
+
+
+def build_objective(cfg: TrainConfig):
+    return OBJECTIVES[cfg.objective](cfg.num_particles, **cfg.objective_options)
+
+
+def build_optimizer(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam; its fused kernel (one pass over each parameter instead of about ten) where torch has one."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+    except (RuntimeError, TypeError):  # an older torch, or a device without the fused kernel
+        return torch.optim.Adam(params, lr=lr)
+
+
+@torch.no_grad()
+def objective_per_image(vae: VAE, objective, x: torch.Tensor, seed: int) -> float:
+    """The objective's bound per image in nats on x (posterior samples from a fixed seed)."""
+    with seeded(seed + _EVAL_STREAM, x.device):
+        total = sum(float(objective.differentiable_loss(vae.model, vae.guide, x[i : i + EVAL_BATCH])) for i in range(0, len(x), EVAL_BATCH))
+    return -total / len(x)
+
+
+class Trainer:
+    """Holds one run's model, optimiser and data; `fit` trains to cfg.epochs, checkpointing each epoch."""
+
+    def __init__(self, cfg: TrainConfig, run: Path, dataset: data_mod.Data, log: Callable[[str], None] = log_to_stderr,
+                 jit: bool | None = None):
+        self.cfg, self.run, self.log = cfg, Path(run), log
+        self.device = torch.device(cfg.device)
+        pyro.set_rng_seed(cfg.seed)
+        self.vae = build_vae(cfg).to(self.device)
+        self.objective = build_objective(cfg)
+        self.optimizer = build_optimizer(self.vae.parameters(), cfg.lr, self.device)
+        if jit is None:
+            jit = jit_wanted()
+        self.compiled = CompiledLoss(self.vae, self.objective, log) if jit and CompiledLoss.applies(self.objective) else None
+        self.binarization = data_mod.BINARIZATIONS[cfg.binarize]
+        self.train_x = dataset.train_x.to(self.device)
+        self.test_obs = self.binarization.test(dataset.test_x.to(self.device), cfg.seed)
+        self.epoch = 0
+
+    def restore(self, state: dict) -> None:
+        self.vae.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.epoch = state["epoch"]
+
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"epoch": self.epoch, "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng}
+
+    def beta_at(self, epoch: int) -> float:
+        """KL annealing: beta * epoch / warm-up during the warm-up epochs, then beta."""
+        warmup = self.cfg.beta_warmup_epochs
+        return self.cfg.beta * min(1.0, epoch / warmup) if warmup else self.cfg.beta
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch (the objective's negative bound summed over the batch)."""
+        if self.compiled is not None:
+            return self.compiled(x)
+        return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x)
+
+    @property
+    def jit_active(self) -> bool:
+        return self.compiled is not None and self.compiled.active
+
+    def train_epoch(self, progress: bool) -> float:
+        """One pass over the training images; returns the objective's bound per image.
+
+        The hot loop: the first step runs with Pyro's validation as configured (model/guide checks,
+        distribution arguments), the others without it; losses stay on the device and are checked
+        for NaN/inf every CHECK_EVERY steps, the first bad one named by its step and epoch.
+        """
+        cfg, n = self.cfg, len(self.train_x)
+        epoch = self.epoch + 1
+        self.vae.beta = self.beta_at(epoch)
+        observed = self.binarization.train(self.train_x, cfg.seed, epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(self.device)
+        optimizer, size = self.optimizer, cfg.batch_size
+        dtype = self.train_x.dtype if observed.dtype != self.train_x.dtype else None  # e.g. uint8 observations
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        pending: list[torch.Tensor] = []
+        starts = range(0, n, size)
+        last_step = len(starts)
+        bar = tqdm(starts, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not progress, file=sys.stderr)
+        with contextlib.ExitStack() as unvalidated:
+            for step, start in enumerate(bar, 1):
+                batch = observed[order[start : start + size]]
+                if dtype is not None:
+                    batch = batch.to(dtype)
+                loss = self.loss(batch)
+                if step == 1:
+                    unvalidated.enter_context(pyro.validation_enabled(False))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                pending.append(loss.detach())
+                if step % CHECK_EVERY == 0 or step == last_step:
+                    total += self._checked_sum(pending, step - len(pending) + 1, epoch)
+                    pending = []
+                if progress and step % 20 == 0:
+                    bar.set_postfix(elbo=f"{-float(loss.detach()) / len(batch):.2f}")
+        return -float(total) / n
+
+    def _checked_sum(self, losses: list[torch.Tensor], first_step: int, epoch: int) -> torch.Tensor:
+        values = torch.stack(losses)
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            raise DivergedError(
+                f"loss became {float(values[bad])} at step {first_step + bad} of epoch {epoch}; the checkpoint of epoch "
+                f"{self.epoch} in {self.run} is kept. Try a lower --lr"
+            )
+        return values.sum(dtype=torch.float64)
+
+    def fit(self, progress: bool = True) -> list[dict]:
+        lines = []
+        while self.epoch < self.cfg.epochs:
+            started = time.perf_counter()
+            train_elbo = self.train_epoch(progress)
+            seconds = time.perf_counter() - started
+            self.epoch += 1
+            beta, self.vae.beta = self.vae.beta, self.cfg.beta  # test numbers use the final beta, comparable across epochs
+            test_elbo = objective_per_image(self.vae, self.objective, self.test_obs, self.cfg.seed)
+            line = {"epoch": self.epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "beta": beta, "epoch_seconds": seconds}
+            runs.append_metrics(self.run, line)
+            runs.save_checkpoint(self.run, self.state())
+            lines.append(line)
+            self.log(
+                f"epoch {self.epoch}/{self.cfg.epochs}: train {train_elbo:.2f}, test {test_elbo:.2f} nats/image "
+                f"({seconds:.1f} s)"
+            )
+        return lines
+
+
+def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool = True, log=log_to_stderr) -> Path:
+    """Train a new run into `out` (a fresh or, with force, replaced folder)."""
+    cfg.validate()
+    dataset = load_data(cfg)
+    # Data, model and objective are built before touching `out`: a bad setting must not cost a folder.
+    trainer = Trainer(cfg, Path(out), dataset, log)
+    run = runs.prepare(out, force)
+    record = {"config": cfg.to_dict(), "data": dataset.provenance, "versions": runs.versions(),
+              "objective_note": "train_elbo/test_elbo in metrics.jsonl are the objective's bound per image (beta-scaled)"}
+    atomic_write_json(run / runs.CONFIG, record)
+    if dataset.split_indices is not None:
+        atomic_write_json(run / runs.SPLIT, dataset.split_indices)
+    log(f"training {cfg.guide} guide, {cfg.prior} prior, beta={cfg.beta} on {dataset.provenance['train_count']} "
+        f"{cfg.dataset} images ({dataset.provenance['origin']}) -> {run}")
+    trainer.fit(progress)
+    return run
+
+
+def resume(run: str | Path, epochs: int | None = None, progress: bool = True, log=log_to_stderr) -> Path:
+    """Continue a run from its checkpoint, to its configured epochs or to `epochs`."""
+    run = Path(run)
+    cfg, record = runs.read_config(run)
+    if epochs is not None:
+        cfg.epochs = epochs
+    cfg.validate()
+    dataset = load_data(cfg)
+    for key in ("train_file", "test_file"):
+        if key in record["data"] and record["data"][key]["images_sha256"] != dataset.provenance.get(key, {}).get("images_sha256"):
+            raise UserError(f"the data found now differs from the data {run} was trained on ({key}); point --data-dir at the original")
+    trainer = Trainer(cfg, run, dataset, log)
+    trainer.restore(runs.load_checkpoint(run, cfg.device))
+    runs.truncate_metrics(run, trainer.epoch)
+    if epochs is not None:
+        record["config"]["epochs"] = epochs
+        atomic_write_json(run / runs.CONFIG, record)
+    log(f"resuming {run} at epoch {trainer.epoch} of {cfg.epochs}")
+    trainer.fit(progress)
+    return run
