@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from pyro_vae.errors import UserError
 
@@ -22,31 +23,6 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 
 # ---------------------------------------------------------------------------------------------
 # train
-
-TRAIN_FLAGS: list[tuple[str, type, str]] = [
-    ("dataset", str, "dataset: {datasets}"),
-    ("data-dir", str, "folder holding <Name>/raw/*-ubyte[.gz] (else $PYRO_VAE_DATA, the cache, a download)"),
-    ("guide", str, "guide: {guides}"),
-    ("prior", str, "prior: {priors}"),
-    ("likelihood", str, "likelihood: {likelihoods}"),
-    ("objective", str, "objective: {objectives}"),
-    ("num-particles", int, "particles per ELBO estimate"),
-    ("beta", float, "weight of the latent site's log-densities (0: plain AE with the delta guide)"),
-    ("beta-warmup-epochs", int, "KL annealing: raise beta linearly from 0 over this many epochs"),
-    ("latent-dim", int, "size of the code z"),
-    ("network", str, "encoder/decoder network: {networks}"),
-    ("hidden-dim", int, "hidden width of the MLP"),
-    ("epochs", int, "epochs to train (with --resume: the new total)"),
-    ("batch-size", int, "images per step"),
-    ("lr", float, "Adam learning rate"),
-    ("seed", int, "seed for weights, batches, binarisation and noise"),
-    ("device", str, "cpu or cuda"),
-    ("binarize", str, "binarisation: {binarizations}"),
-    ("train-limit", int, "use only this many training images"),
-    ("test-limit", int, "use only this many test images"),
-    ("split-seed", int, "seed of the train/test split carved from a single-split dataset"),
-]
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other user error
@@ -67,13 +43,32 @@ def _choices() -> dict[str, str]:
     return {key: ", ".join(table.names()) for key, table in tables.items()}
 
 
+def train_flags() -> list[tuple[str, str, type, Any, str]]:
+    """(flag, field, type, default, help) for every TrainConfig setting; a `*_options` table becomes
+    a repeatable `--KIND-option KEY=VALUE`."""
+    from pyro_vae.config import TrainConfig
+
+    flags = []
+    for f in dataclasses.fields(TrainConfig):
+        kind = f.type.split(" | ")[0]
+        if kind == "dict":
+            flags.append((f"--{f.name.removesuffix('_options')}-option", f.name, dict, None, f.metadata["help"]))
+        else:
+            default = None if f.default is dataclasses.MISSING else f.default
+            flags.append((f"--{f.name.replace('_', '-')}", f.name, {"int": int, "float": float, "str": str}[kind], default, f.metadata["help"]))
+    return flags
+
+
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     choices = _choices()
-    for flag, kind, text in TRAIN_FLAGS:
-        p.add_argument(f"--{flag}", type=kind, default=argparse.SUPPRESS, help=text.format(**choices))
-    for kind in ("prior", "guide", "objective"):
-        p.add_argument(f"--{kind}-option", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"an option of the {kind} (repeatable), e.g. components=10; value read as TOML")
+    for flag, name, kind, default, text in train_flags():
+        text = text.format(**choices)
+        if kind is dict:
+            p.add_argument(flag, dest=name, action="append", default=[], metavar="KEY=VALUE",
+                           help=f"{text} (repeatable; the value is read as TOML)")
+        else:
+            shown = "" if default is None else f" (default: {default})"
+            p.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=text + shown)
     p.add_argument("--config", help="TOML file with the same settings (flags override it)")
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
@@ -81,14 +76,14 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _parse_options(items: list[str], kind: str) -> dict:
+def _parse_options(items: list[str], flag: str) -> dict:
     import tomllib
 
     options = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--{kind}-option takes KEY=VALUE, got {item!r}")
+            raise UserError(f"{flag} takes KEY=VALUE, got {item!r}")
         try:
             options[key.strip()] = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
@@ -102,8 +97,12 @@ def _train(args: argparse.Namespace) -> int:
     from pyro_vae.io import read_toml
     from pyro_vae.training.trainer import resume, train
 
-    flags = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in TRAIN_FLAGS if hasattr(args, flag.replace("-", "_"))}
-    options = {f"{kind}_options": _parse_options(getattr(args, f"{kind}_option"), kind) for kind in ("prior", "guide", "objective")}
+    flags, options = {}, {}
+    for flag, name, kind, _, _ in train_flags():
+        if kind is dict:
+            options[name] = _parse_options(getattr(args, name), flag)
+        elif hasattr(args, name):
+            flags[name] = getattr(args, name)
     if args.resume:
         extra = sorted(set(flags) - {"epochs"}) + [k for k, v in options.items() if v] + (["--config"] if args.config else []) + (["--out"] if args.out else [])
         if extra:

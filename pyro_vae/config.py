@@ -4,38 +4,46 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
 
 from pyro_vae.errors import UserError
 
 
+def setting(default: Any, help: str, *, factory: Callable[[], Any] | None = None) -> Any:
+    """A TrainConfig field with its help text: the CLI's flags and their help are made from these."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# Help texts may name registries in braces ({guides}); the CLI fills in the registered names.
 @dataclass
 class TrainConfig:
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    guide: str = "gaussian"
-    prior: str = "standard-normal"
-    likelihood: str = "bernoulli"
-    objective: str = "trace"
-    num_particles: int = 1
-    beta: float = 1.0
-    beta_warmup_epochs: int = 0  # KL annealing: beta rises linearly to its value over this many epochs
-    latent_dim: int = 2
-    network: str = "mlp"
-    hidden_dim: int = 400
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "cpu"
-    binarize: str = "dynamic"
-    train_limit: int | None = None
-    test_limit: int | None = None
-    split_seed: int = 0
-    test_fraction: float = 0.2
-    guide_options: dict = field(default_factory=dict)
-    prior_options: dict = field(default_factory=dict)
-    objective_options: dict = field(default_factory=dict)
+    dataset: str = setting("mnist", "dataset: {datasets}")
+    data_dir: str | None = setting(None, "folder holding <Name>/raw/*-ubyte[.gz] (else $PYRO_VAE_DATA, the cache, a download)")
+    guide: str = setting("gaussian", "guide: {guides}")
+    prior: str = setting("standard-normal", "prior: {priors}")
+    likelihood: str = setting("bernoulli", "likelihood: {likelihoods}")
+    objective: str = setting("trace", "objective: {objectives}")
+    num_particles: int = setting(1, "particles per ELBO estimate (K of iwae/renyi)")
+    beta: float = setting(1.0, "weight of the latent site's log-densities (0: plain AE with the delta guide)")
+    beta_warmup_epochs: int = setting(0, "KL annealing: beta rises linearly to its value over this many epochs")
+    latent_dim: int = setting(2, "size of the code z")
+    network: str = setting("mlp", "encoder/decoder network: {networks}")
+    hidden_dim: int = setting(400, "hidden width of the network")
+    epochs: int = setting(10, "epochs to train (with --resume: the new total)")
+    batch_size: int = setting(128, "images per step")
+    lr: float = setting(1e-3, "Adam learning rate")
+    seed: int = setting(0, "seed for weights, batches, binarisation and noise")
+    device: str = setting("cpu", "cpu or cuda")
+    binarize: str = setting("dynamic", "binarisation: {binarizations}")
+    train_limit: int | None = setting(None, "use only this many training images (a seeded subset)")
+    test_limit: int | None = setting(None, "use only this many test images (a seeded subset)")
+    split_seed: int = setting(0, "seed of the subsets and of a train/test split carved from a single-split dataset")
+    test_fraction: float = setting(0.2, "share of each class sent to test when a split is carved from one file")
+    guide_options: dict = setting(None, "options of the guide, e.g. steps=2 for iaf", factory=dict)
+    prior_options: dict = setting(None, "options of the prior, e.g. components=10 for mixture or vamp", factory=dict)
+    objective_options: dict = setting(None, "options of the objective, e.g. alpha=0.5 for renyi", factory=dict)
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -11,9 +11,13 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Any, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Protocol, TypeVar
 
 from pyro_vae.errors import UserError
+
+if TYPE_CHECKING:  # the contracts name torch types; importing torch here would slow every CLI call
+    import torch
+    from pyro.distributions import Distribution
 
 T = TypeVar("T")
 
@@ -46,6 +50,54 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+
+# ---------------------------------------------------------------------------------------------
+# What each kind of component must be. A registered class (or factory) is called as shown; its
+# keyword-only arguments are its options.
+
+
+class PriorContract(Protocol):
+    """`PRIORS[name](z_dim, guide, **options)`: an nn.Module whose call returns p(z), a distribution
+    with event shape (z_dim,). `guide` is the run's guide, for priors defined through it (VampPrior)."""
+
+    def __call__(self) -> "Distribution": ...
+
+
+class GuideContract(Protocol):
+    """`GUIDES[name](z_dim, make_encoder, **options)`: an nn.Module; `make_encoder(out_dim)` builds the
+    configured network from (N, 784) images to (N, out_dim). `deterministic` is True for a point mass."""
+
+    deterministic: bool
+
+    def __call__(self, x: "torch.Tensor") -> "Distribution":
+        """q(z | x) for a batch (N, 784): batch shape (N,), event shape (z_dim,)."""
+
+    def encode(self, x: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
+        """The posterior mean and scale of each image, (N, z_dim) each (scale 0 for a point mass)."""
+
+
+class NetworkContract(Protocol):
+    """`NETWORKS[name]`: `encoder(out_dim, hidden_dim)` maps (..., 784) to (..., out_dim) and
+    `decoder(z_dim, hidden_dim)` maps (..., z_dim) to (..., 784) logits; leading dims pass through."""
+
+    encoder: "Callable[[int, int], torch.nn.Module]"
+    decoder: "Callable[[int, int], torch.nn.Module]"
+
+
+class LikelihoodContract(Protocol):
+    """`LIKELIHOODS[name]`: `distribution(logits)` is p(x | z) with event dim 1 over the 784 pixels;
+    `mean(logits)` is the expected image."""
+
+    distribution: "Callable[[torch.Tensor], Distribution]"
+    mean: "Callable[[torch.Tensor], torch.Tensor]"
+
+
+class ObjectiveContract(Protocol):
+    """`OBJECTIVES[name](num_particles, **options)`: a Pyro ELBO-like object whose
+    `differentiable_loss(model, guide, x)` is the negative bound summed over the batch."""
+
+    def differentiable_loss(self, model: Callable, guide: Callable, x: "torch.Tensor") -> "torch.Tensor": ...
 
 
 def _with_checked_options(kind: str, name: str, entry):

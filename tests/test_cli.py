@@ -89,3 +89,29 @@ def test_console_script_and_torchvision_import():
     assert done.returncode == 0 and done.stdout.startswith("pyro-vae ")
     done = subprocess.run(["pyro-vae", "train", "--guide", "nope", "--out", "/nonexistent/x"], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "unknown guide 'nope'" in done.stderr
+
+
+def test_every_train_config_field_has_a_flag_with_help_and_its_default():
+    import dataclasses
+
+    from pyro_vae.cli import parser
+    from pyro_vae.config import TrainConfig
+
+    train = parser()._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in train._actions}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in actions, f"TrainConfig.{f.name} has no flag on `pyro-vae train`"
+        action = actions[f.name]
+        assert action.help and "{" not in action.help, f.name
+        if not isinstance(f.default, dict) and f.default not in (None, dataclasses.MISSING):
+            assert f"(default: {f.default})" in action.help, f.name
+    assert "--test-fraction" in actions["test_fraction"].option_strings
+    assert "--objective-option" in actions["objective_options"].option_strings
+
+
+def test_a_flag_reaches_the_config(tmp_path, capsys):
+    code, _, _ = run_cli(capsys, "train", "--out", str(tmp_path / "run"), "--epochs", "1", "--test-fraction", "0.25",
+                         "--objective", "renyi", "--objective-option", "alpha=0.25", *SMALL)
+    assert code == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert config["test_fraction"] == 0.25 and config["objective_options"] == {"alpha": 0.25}

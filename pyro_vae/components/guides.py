@@ -21,11 +21,11 @@ from torch.nn.functional import softplus
 
 from pyro_vae.errors import UserError
 from pyro_vae.io import seeded
-from pyro_vae.registry import Registry, int_option
+from pyro_vae.registry import GuideContract, Registry, int_option
 
 # Constructor signature: (z_dim, make_encoder, **options) -> nn.Module, where
 # make_encoder(out_dim) builds the configured encoder network.
-GUIDES: Registry = Registry("guide")
+GUIDES: Registry[type[GuideContract]] = Registry("guide")
 EncoderFactory = Callable[[int], nn.Module]
 
 MIN_SCALE = 1e-4  # keeps log q finite when an encoder drives a scale towards zero

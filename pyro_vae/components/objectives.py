@@ -15,6 +15,7 @@ Options come from `objective_options` in the config (keyword-only arguments of t
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import pyro
 import pyro.infer
@@ -23,10 +24,10 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.errors import UserError
-from pyro_vae.registry import Registry, float_option
+from pyro_vae.registry import ObjectiveContract, Registry, float_option
 
 # Constructor signature: (num_particles, **options) -> objective.
-OBJECTIVES: Registry = Registry("objective")
+OBJECTIVES: Registry[Callable[..., ObjectiveContract]] = Registry("objective")
 
 # The model's only plate ("data") sits at dim -1; particles go to its left.
 MAX_PLATE_NESTING = 1

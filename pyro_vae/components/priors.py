@@ -18,11 +18,11 @@ from torch.distributions import constraints
 
 from pyro_vae.data import PIXELS
 from pyro_vae.errors import UserError
-from pyro_vae.registry import Registry, int_option
+from pyro_vae.registry import PriorContract, Registry, int_option
 
 # Constructor signature: (z_dim, guide, **options) -> nn.Module. The guide is passed for priors
 # defined through it (VampPrior); others ignore it.
-PRIORS: Registry = Registry("prior")
+PRIORS: Registry[type[PriorContract]] = Registry("prior")
 
 
 @PRIORS.register("standard-normal")
