@@ -292,3 +292,54 @@ def test_continuous_bernoulli_model_on_grey_images(prior, guide, grey):
         loss.backward()
     images = vae.decode(vae.encode(grey)[0])
     assert images.shape == grey.shape and ((images > 0) & (images < 1)).all()
+
+
+@pytest.fixture
+def laplace_prior():
+    """A prior registered from outside the package, through the public decorator; removed afterwards."""
+    import pyro_vae
+
+    @pyro_vae.register_prior("test-laplace")
+    class Laplace(torch.nn.Module):
+        def __init__(self, z_dim: int, guide=None, *, scale: float = 1.0):
+            super().__init__()
+            self.register_buffer("loc", torch.zeros(z_dim))
+            self.register_buffer("scale", torch.full((z_dim,), float(scale)))
+
+        def forward(self):
+            return dist.Laplace(self.loc, self.scale).to_event(1)
+
+    yield Laplace
+    PRIORS._entries.pop("test-laplace")
+
+
+def test_a_prior_registered_through_the_public_api_is_built_by_name_with_checked_options(laplace_prior):
+    import pyro_vae
+
+    cfg = small_config(prior="test-laplace", prior_options={"scale": 2.0})
+    vae = build_vae(cfg.validate())
+    assert isinstance(vae.prior, laplace_prior) and torch.equal(vae.prior.scale, torch.full((2,), 2.0))
+    x = torch.bernoulli(torch.full((8, 784), 0.3))
+    loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    assert torch.isfinite(loss)
+    with pytest.raises(UserError, match="unknown option 'sigma' for prior 'test-laplace'.*valid options: scale"):
+        build_vae(small_config(prior="test-laplace", prior_options={"sigma": 2.0}))
+    with pytest.raises(ValueError, match="registered twice"):
+        pyro_vae.register_prior("test-laplace")(laplace_prior)
+
+
+def test_a_factory_and_a_value_register_in_the_same_style():
+    from pyro_vae.registry import Registry
+
+    table = Registry("widget")
+
+    @table.register("made")
+    def make(size: int, *, colour: str = "red"):
+        return (size, colour)
+
+    table.register("plain")(("a", "value"))
+    assert table["made"](3, colour="blue") == (3, "blue") and table["plain"] == ("a", "value")
+    with pytest.raises(UserError, match="unknown option 'color' for widget 'made'"):
+        table["made"](3, color="blue")
+    with pytest.raises(UserError, match="unknown widget 'other'; choose one of: made, plain"):
+        table["other"]
