@@ -24,9 +24,23 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 # ---------------------------------------------------------------------------------------------
 # train
 
+class _Formatter(argparse.HelpFormatter):
+    """Fills registry names ({guides}, ...) into help texts only when help is printed: listing them
+    imports the components and so torch, which neither `pyro-vae --help` nor an argument error needs."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        text = super()._expand_help(action)
+        return text.format(**_choices()) if "{" in text else text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2, like every other user error
-        raise UserError(f"{message} (see pyro-vae {self.prog.split()[-1]} --help)")
+        command = self.prog.removeprefix("pyro-vae").strip()
+        raise UserError(f"{message} (see pyro-vae {command + ' ' if command else ''}--help)")
 
 
 def _choices() -> dict[str, str]:
@@ -60,9 +74,7 @@ def train_flags() -> list[tuple[str, str, type, Any, str]]:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    choices = _choices()
     for flag, name, kind, default, text in train_flags():
-        text = text.format(**choices)
         if kind is dict:
             p.add_argument(flag, dest=name, action="append", default=[], metavar="KEY=VALUE",
                            help=f"{text} (repeatable; the value is read as TOML)")

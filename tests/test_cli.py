@@ -115,3 +115,34 @@ def test_a_flag_reaches_the_config(tmp_path, capsys):
     assert code == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
     assert config["test_fraction"] == 0.25 and config["objective_options"] == {"alpha": 0.25}
+
+
+def _all_flags() -> set[str]:
+    from pyro_vae.cli import parser
+
+    top = parser()
+    flags = {s for a in top._actions for s in a.option_strings}
+    for sub in top._subparsers._group_actions[0].choices.values():
+        flags |= {s for a in sub._actions for s in a.option_strings}
+    return flags
+
+
+def test_every_flag_a_message_names_exists():
+    """Every `--flag` written in the package's strings (error messages, notes, help) is a flag some
+    command has, so no message sends a user to a flag that does not exist."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import pyro_vae
+
+    flags = _all_flags()
+    named = {}
+    for path in Path(pyro_vae.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", node.value):
+                    named.setdefault(flag, f"{path.name}:{node.lineno}")
+    assert named, "the scan found no flags at all"
+    missing = {flag: where for flag, where in named.items() if flag not in flags}
+    assert not missing, f"messages name flags no command has: {missing}"
