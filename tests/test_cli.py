@@ -99,10 +99,12 @@ def test_every_train_config_field_has_a_flag_with_help_and_its_default():
 
     train = parser()._subparsers._group_actions[0].choices["train"]
     actions = {a.dest: a for a in train._actions}
+    shown = " ".join(train.format_help().split())  # as printed, registry names filled in
+    assert "{" not in shown and "guide: gaussian, delta, full-rank, iaf (default: gaussian)" in shown
     for f in dataclasses.fields(TrainConfig):
         assert f.name in actions, f"TrainConfig.{f.name} has no flag on `pyro-vae train`"
         action = actions[f.name]
-        assert action.help and "{" not in action.help, f.name
+        assert action.help, f.name
         if not isinstance(f.default, dict) and f.default not in (None, dataclasses.MISSING):
             assert f"(default: {f.default})" in action.help, f.name
     assert "--test-fraction" in actions["test_fraction"].option_strings
