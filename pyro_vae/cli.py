@@ -215,18 +215,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# bench (pyro_vae/bench.py imports only the standard library; torch loads when the bench runs)
+# bench (importing pyro_vae.bench loads no torch; torch loads when the bench runs)
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    from pyro_vae.bench.run import add_arguments
+    from pyro_vae.bench import add_arguments
 
     add_arguments(p)
 
 
 @command("bench", "measure training throughput against plain PyTorch, batching, evaluation and study cost", _bench_arguments)
 def _bench(args: argparse.Namespace) -> int:
-    from pyro_vae.bench.run import main as bench_main
+    from pyro_vae.bench import main as bench_main
 
     return bench_main(args)
 

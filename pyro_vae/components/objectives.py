@@ -62,7 +62,8 @@ def log_weights(model, guide, x: torch.Tensor, num_particles: int) -> torch.Tens
     The guide runs once, vectorised over a particle plate left of the data plate; the model is
     replayed on its draws. Each site's log-density is Pyro's scaled and masked one (site["log_prob"]
     from Trace.compute_log_prob applies poutine.scale / poutine.mask), so beta weights log p(z) and
-    log q(z) here exactly as in the ELBO objectives.
+    log q(z) here exactly as in the ELBO objectives. Evaluation's importance sampling calls it too
+    (on unscaled programs), so training and evaluation weigh draws by one definition.
     """
     with pyro.plate("particles", num_particles, dim=-(MAX_PLATE_NESTING + 1)):
         guide_trace = poutine.trace(guide).get_trace(x)

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from pyro_vae import plots
 from pyro_vae.data import BINARIZATIONS, Data, cache_dir
 from pyro_vae.evaluation import estimators
 from pyro_vae.evaluation import latent as latent_metrics
@@ -27,6 +26,7 @@ from pyro_vae.evaluation.classifier import (
     load_or_train_classifier,
     sample_quality,
 )
+from pyro_vae.evaluation.grid import density_grid_points, grid_log_likelihood, manifold_codes
 from pyro_vae.io import atomic_write_bytes, atomic_write_json, read_json, seeded
 from pyro_vae.training import runs
 from pyro_vae.training.runs import Run, load_run
@@ -125,7 +125,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scor
         result.update(log_px_is=float(iw["log_px"].mean()), pareto_k_share_above_0_7=float(iw["share_k_above_0_7"]),
                       pareto_k_median=float(np.median(np.asarray(iw["pareto_k"]))))
     if cfg.latent_dim == 2:
-        grid = estimators.grid_log_likelihood(vae, lx, tol=settings.grid_tol)
+        grid = grid_log_likelihood(vae, lx, tol=settings.grid_tol)
         result.update(log_px_exact=float(grid["log_px"].mean()), grid_points=int(grid["grid_points"]))
         if "test_elbo" in result:
             result["gap_exact_minus_elbo"] = result["log_px_exact"] - result["test_elbo"]
@@ -153,12 +153,12 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scor
         "originals": x[:RECONSTRUCTED].numpy(), "reconstructions": torch.sigmoid(logits[:RECONSTRUCTED]).numpy(),
     }
     if cfg.latent_dim == 2:
-        grid_codes = torch.as_tensor(plots.manifold_codes(axis), dtype=torch.float32)
+        grid_codes = torch.as_tensor(manifold_codes(axis), dtype=torch.float32)
         arrays.update(manifold=run.decode(grid_codes).numpy(), manifold_axis=axis)
         # The prior's density under the codes (flat for the standard normal, learned for others).
         reach = float(max(np.abs(codes.numpy()).max(), 3.5)) * 1.1
         extent = (-reach, reach, -reach, reach)
-        points = torch.as_tensor(plots.density_grid_points(extent, PRIOR_GRID), dtype=torch.float32)
+        points = torch.as_tensor(density_grid_points(extent, PRIOR_GRID), dtype=torch.float32)
         with torch.no_grad():
             log_density = vae.prior().log_prob(points).reshape(PRIOR_GRID, PRIOR_GRID)
         arrays.update(prior_log_density=log_density.numpy(), prior_extent=np.array(extent))

@@ -4,17 +4,19 @@ No timing is asserted here (the machine is shared): only that the bench runs and
 its comparison is fair, i.e. the reference loop computes the project's loss and gradients.
 """
 
+import argparse
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from pyro_vae.bench import run as bench
+from pyro_vae.bench.options import DEFAULT_VARIANTS, Options, add_arguments
+from pyro_vae.bench.study import bench_study
+from pyro_vae.bench.tables import table_rows
+from pyro_vae.bench.targets import TARGET_STUDY_BYTES
+from pyro_vae.bench.throughput import build_pair
 from pyro_vae.cli import main
-from pyro_vae.errors import DivergedError
-from pyro_vae.training.trainer import Trainer
 
 STUDY = """
 name = "tiny"
@@ -39,10 +41,10 @@ def quiet(msg):
     pass
 
 
-def small_options(**overrides) -> bench.Options:
+def small_options(**overrides) -> Options:
     values = dict(device="cpu", threads=1, train_images=600, conv_images=128, repeats=1, eval_images=60, num_samples=30, quiet=True)
     values.update(overrides)
-    return bench.Options(**values).validate()
+    return Options(**values).validate()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_quick_bench_writes_the_table_and_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert {"meta", "train", "batching", "eval", "study", "table"} <= set(report)
     assert report["study"] is None and report["meta"]["device"] == "cpu" and report["meta"]["threads"] == 1
-    assert list(report["train"]) == bench.DEFAULT_VARIANTS
+    assert list(report["train"]) == DEFAULT_VARIANTS
     for name, r in report["train"].items():
         for side in ("project", "reference"):
             assert r[side]["median"] > 0 and r[side]["min"] <= r[side]["median"] <= r[side]["max"], (name, side)
@@ -82,11 +84,41 @@ def test_quick_bench_writes_the_table_and_json(tmp_path, capsys):
     assert all(set(row) == {"item", "median", "spread", "ratio", "target", "met", "note"} for row in report["table"])
 
 
+def _options(*argv: str) -> Options:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return Options.from_args(p.parse_args(list(argv)))
+
+
+def test_flags_and_fields_are_one_list():
+    """Without flags the options are the dataclass defaults; --quick changes only the sizes it names."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert _options() == Options(device=device)
+    quick = _options("--quick")
+    assert (quick.train_images, quick.conv_images, quick.repeats, quick.eval_images, quick.num_samples) == (2000, 256, 2, 200, 100)
+    assert _options("--quick", "--repeats", "5", "--train-images", "300").repeats == 5
+    given = _options("--variants", " vae, ae ", "--run", "somewhere", "--no-eval", "--study-timeout", "9")
+    assert given.variants == ["vae", "ae"] and given.run_dir == "somewhere" and not given.eval and given.study_timeout == 9.0
+    assert _options("--variants", "").variants == []
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["bench", "--quick", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_unknown_variant_is_a_clear_error(capsys):
+    assert main(["bench", "--quick", "--variants", "vae,gan"]) == 2
+    assert "unknown variant(s) 'gan'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["vae", "ae", "meanfield", "conv"])
 def test_reference_computes_the_projects_loss_and_gradients(fashion, name):
     """Same weights, same batch, same noise: the plain-PyTorch loss is the project's loss."""
     images = 128 if name == "conv" else 600
-    trainer, reference = bench.build_pair(small_options(), name, fashion, images, quiet)
+    trainer, reference = build_pair(small_options(), name, fashion, images, quiet)
     project_modules = [trainer.vae.encoder_guide.encoder, trainer.vae.decoder]
     for mine, theirs in zip(project_modules, [reference.encoder, reference.decoder]):
         for (key, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items()):
@@ -105,55 +137,13 @@ def test_reference_computes_the_projects_loss_and_gradients(fashion, name):
     assert trainer.jit_active == (name != "meanfield")
 
 
-def test_compiled_loss_trains_exactly_as_the_eager_objective(fashion):
-    """The compiled training loss follows the eager Trace_ELBO draw for draw, to the same weights."""
-    weights = []
-    for jit in (True, False):
-        cfg = bench._train_config(small_options(), bench.VARIANTS["vae"], 600)
-        trainer = Trainer(cfg, Path("<test>"), bench._subset(fashion, 600), log=quiet, jit=jit)
-        for _ in range(2):
-            trainer.train_epoch(progress=False)
-            trainer.epoch += 1
-        assert trainer.jit_active == jit
-        weights.append([p.detach().clone() for p in trainer.vae.parameters()])
-    for a, b in zip(*weights):
-        assert torch.allclose(a, b, rtol=0, atol=1e-6)
-
-
-def test_a_nan_in_the_compiled_loop_names_its_step_and_epoch(fashion):
-    from dataclasses import replace
-
-    cfg = bench._train_config(small_options(), bench.VARIANTS["vae"], 600)
-    cfg.binarize = "none"
-    train_x = fashion.train_x[:600].clone()
-    order = torch.randperm(600, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1))
-    bad_image = int(order[3 * cfg.batch_size + 5])  # sits in step 4 of epoch 1
-    train_x[bad_image, 10] = float("nan")
-    trainer = Trainer(cfg, Path("<test>"), replace(fashion, train_x=train_x), log=quiet)
-    with pytest.raises(DivergedError, match="loss became nan at step 4 of epoch 1"):
-        trainer.train_epoch(progress=False)
-    assert trainer.jit_active
-
-
-def test_cuda_without_a_gpu_is_a_clear_error(capsys):
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    assert main(["bench", "--quick", "--device", "cuda"]) == 2
-    assert "no CUDA GPU" in capsys.readouterr().err
-
-
-def test_unknown_variant_is_a_clear_error(capsys):
-    assert main(["bench", "--quick", "--variants", "vae,gan"]) == 2
-    assert "unknown variant(s) 'gan'" in capsys.readouterr().err
-
-
 def test_study_item_measures_the_child_process(tmp_path):
     study = tmp_path / "tiny.toml"
     study.write_text(STUDY)
-    result = bench.bench_study(small_options(study=str(study), study_out=str(tmp_path / "runs")), quiet)
+    result = bench_study(small_options(study=str(study), study_out=str(tmp_path / "runs")), quiet)
     assert result["returncode"] == 0, result["output_tail"]
     assert result["wall_seconds"] > 0 and result["cpu_seconds"] > 0 and not result["timed_out"]
-    assert 50 * 2**20 < result["peak_rss_bytes"] < bench.TARGET_STUDY_BYTES and result["met_memory"]
+    assert 50 * 2**20 < result["peak_rss_bytes"] < TARGET_STUDY_BYTES and result["met_memory"]
     assert (tmp_path / "runs" / "VAE" / "seed-0" / "checkpoint.pt").exists()
-    rows = bench.table_rows({"study": result})
+    rows = table_rows({"study": result})
     assert [r["item"] for r in rows] == ["study: wall time", "study: peak memory (max RSS)"]

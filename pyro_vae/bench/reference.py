@@ -1,0 +1,73 @@
+"""The yardstick for the training path: the same networks and optimiser in a plain PyTorch loop."""
+
+from __future__ import annotations
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+from pyro_vae.bench.batching import batches, epoch_inputs
+from pyro_vae.components.guides import MIN_SCALE
+from pyro_vae.components.networks import NETWORKS
+from pyro_vae.training.trainer import build_optimizer
+
+KINDS = ("mc", "analytic", "ae")
+
+
+class Reference:
+    """The project's networks and optimiser with a hand-written loss, batched like the Trainer.
+
+    Encoder and decoder are built from `NETWORKS[cfg.network]` after `pyro.set_rng_seed(cfg.seed)`,
+    in the order build_vae builds them (guide encoder, prior, decoder), so they start from the
+    Trainer's weights. The losses are what the project's objectives compute, summed over the batch:
+
+    - mc:       BCE-with-logits sum + sum(z^2/2 - log sigma - eps^2/2), z = mu + sigma eps: the Monte
+                Carlo estimate -[log p(x|z) + log p(z) - log q(z|x)] that Trace_ELBO computes with the
+                gaussian guide and the standard-normal prior (the log 2pi terms cancel).
+    - analytic: BCE-with-logits sum + sum(KL(N(mu, sigma^2) || N(0, 1))): TraceMeanField_ELBO's.
+    - ae:       BCE-with-logits sum: the delta guide with beta = 0.
+
+    eps is drawn the way Pyro's Normal.rsample draws it, so with the same RNG state both compute the
+    same number.
+    """
+
+    def __init__(self, cfg, kind: str, device):
+        if kind not in KINDS:
+            raise ValueError(f"unknown reference kind {kind!r}")
+        self.kind, self.z_dim = kind, cfg.latent_dim
+        self.batch_size, self.seed = cfg.batch_size, cfg.seed
+        network = NETWORKS[cfg.network]
+        pyro.set_rng_seed(cfg.seed)
+        self.encoder = network.encoder(cfg.latent_dim if kind == "ae" else 2 * cfg.latent_dim, cfg.hidden_dim).to(device)
+        self.decoder = network.decoder(cfg.latent_dim, cfg.hidden_dim).to(device)
+        self.optimizer = build_optimizer(list(self.encoder.parameters()) + list(self.decoder.parameters()), cfg.lr, device)
+        self.epoch = 0
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        if self.kind == "ae":
+            return F.binary_cross_entropy_with_logits(self.decoder(h), x, reduction="sum")
+        loc, raw_scale = h.split(self.z_dim, dim=-1)
+        scale = F.softplus(raw_scale) + MIN_SCALE
+        eps = torch.empty_like(loc).normal_()  # as torch.distributions.Normal.rsample draws it
+        z = loc + scale * eps
+        reconstruction = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
+        if self.kind == "mc":
+            latent = (0.5 * z * z - scale.log() - 0.5 * eps * eps).sum()
+        else:
+            latent = (0.5 * (scale * scale + loc * loc - 1.0) - scale.log()).sum()
+        return reconstruction + latent
+
+    def train_epoch(self, train_x: torch.Tensor, binarization) -> float:
+        """One epoch as Trainer.train_epoch runs it: same binarisation and order, index batching."""
+        epoch = self.epoch + 1
+        total = torch.zeros((), dtype=torch.float64, device=train_x.device)
+        optimizer = self.optimizer
+        for batch in batches(*epoch_inputs(binarization, train_x, self.seed, epoch), self.batch_size):
+            loss = self.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        self.epoch = epoch
+        return -float(total) / len(train_x)

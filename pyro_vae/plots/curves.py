@@ -1,0 +1,140 @@
+"""Learning curves from the metric logs of runs, several seeds per variant."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from pyro_vae.plots._common import _grid_shape, _panels, _variants
+
+
+def _runs(v: Any, fn: str, name: str) -> list[list[Mapping]]:
+    if not isinstance(v, Sequence) or isinstance(v, (str, bytes)) or len(v) == 0:
+        raise ValueError(f"{fn}: curves for {name!r} must be a non-empty list of metric dicts "
+                         f"(or a list of such lists, one per seed)")
+    if all(isinstance(r, Mapping) for r in v):
+        return [list(v)]
+    runs = []
+    for r in v:
+        if (not isinstance(r, Sequence) or isinstance(r, (str, bytes))
+                or not all(isinstance(x, Mapping) for x in r)):
+            raise ValueError(f"{fn}: curves for {name!r} mix metric dicts and other items; "
+                             f"expected list[dict] or list[list[dict]]")
+        runs.append(list(r))
+    return runs
+
+
+def _aggregate(runs: list[list[Mapping]], key: str):
+    """Per epoch: mean, min, max, std over the seeds that report a finite value."""
+    per_epoch: dict[float, list[float]] = {}
+    for run in runs:
+        seen = {}
+        for line in run:
+            if "epoch" not in line or line.get(key) is None:
+                continue
+            try:
+                ep, val = float(line["epoch"]), float(line[key])
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(ep) and math.isfinite(val):
+                seen[ep] = val  # the last line of an epoch wins
+        for ep, val in seen.items():
+            per_epoch.setdefault(ep, []).append(val)
+    if not per_epoch:
+        return None
+    ep = np.array(sorted(per_epoch))
+    vals = [np.array(per_epoch[e]) for e in ep]
+    mean = np.array([v.mean() for v in vals])
+    lo = np.array([v.min() for v in vals])
+    hi = np.array([v.max() for v in vals])
+    std = np.array([v.std(ddof=1) if v.size > 1 else 0.0 for v in vals])
+    n = np.array([v.size for v in vals])
+    return ep, mean, lo, hi, std, n
+
+
+def training_curves(
+    curves: Mapping[str, Any],
+    keys: Sequence[str] = ("train_elbo", "test_elbo"),
+    band: str = "minmax",
+    ylim: tuple[float, float] | None = None,
+    ylabel: str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Learning curves, one panel per variant, shared y axis.
+
+    ``curves[v]`` is a list of metric dicts (one run) or a list of such lists
+    (one per seed); each dict needs ``"epoch"`` and any of ``keys`` (lines
+    missing a key, or with a non-finite value, are skipped for that key).  With
+    several seeds the mean is drawn with a shaded band: ``"minmax"`` (min to
+    max over seeds) or ``"std"`` (mean ± sample std).  By default the shared y
+    limits ignore each curve's first epoch (usually far off the scale) when
+    there are more than 3 epochs; pass ``ylim`` to override.
+    """
+    fn = "training_curves"
+    if band not in ("minmax", "std"):
+        raise ValueError(f"{fn}: band must be 'minmax' or 'std', got {band!r}")
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    if not keys:
+        raise ValueError(f"{fn}: no metric keys given")
+    data = {}
+    for k, v in _variants(curves, fn, "list of metric dicts").items():
+        runs = _runs(v, fn, k)
+        agg = {key: _aggregate(runs, key) for key in keys}
+        if all(a is None for a in agg.values()):
+            raise ValueError(f"{fn}: variant {k!r} has no line with 'epoch' and a finite value "
+                             f"for any of {keys}")
+        data[k] = (len(runs), agg)
+
+    nrows, ncols = _grid_shape(len(data))
+    fig = Figure(figsize=(3.8 * ncols + 0.4, 3.2 * nrows + 0.6), layout="constrained")
+    axes = _panels(fig, len(data), sharey=True)
+    y_for_limits = []
+    for ax, (k, (nseeds, agg)) in zip(axes, data.items()):
+        for c, key in enumerate(keys):
+            a = agg[key]
+            if a is None:
+                continue
+            ep, mean, lo, hi, std, _ = a
+            if band == "std":
+                lo, hi = mean - std, mean + std
+            color = f"C{c}"
+            ax.plot(ep, mean, color=color, linewidth=1.5,
+                    marker="o" if ep.size <= 25 else None, markersize=3)
+            if nseeds > 1:
+                ax.fill_between(ep, lo, hi, color=color, alpha=0.2, linewidth=0)
+            start = 1 if ep.size > 3 else 0
+            y_for_limits += [mean[start:], lo[start:], hi[start:]]
+        ax.set_title(k if nseeds == 1 else f"{k} ({nseeds} seeds)", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if ylabel is None:
+        ylabel = "ELBO" if all(key.lower().endswith("elbo") for key in keys) else ", ".join(keys)
+    for ax in axes:
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(ylabel)
+    if ylim is not None:
+        axes[0].set_ylim(*ylim)
+    elif y_for_limits:
+        allv = np.concatenate(y_for_limits)
+        allv = allv[np.isfinite(allv)]
+        if allv.size:
+            lo, hi = float(allv.min()), float(allv.max())
+            pad = 0.05 * (hi - lo) if hi > lo else max(1.0, abs(hi) * 0.05)
+            axes[0].set_ylim(lo - pad, hi + pad)
+    names = {"train_elbo": "train", "test_elbo": "test"}
+    handles = [Line2D([], [], color=f"C{c}", linewidth=1.5, label=names.get(key, key))
+               for c, key in enumerate(keys)]
+    if any(n > 1 for n, _ in data.values()):
+        handles.append(Patch(color="0.6", alpha=0.4,
+                             label="min–max over seeds" if band == "minmax" else "± 1 sd"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,
+               fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig
