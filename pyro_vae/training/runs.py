@@ -11,12 +11,15 @@ half-written file behind. `load_run` opens a finished run from Python:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import os
 import platform
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -43,19 +46,81 @@ def versions() -> dict[str, str]:
     }
 
 
+# What a run folder consists of; --force removes these and nothing else.
+RUN_FILES = {CONFIG, SPLIT, METRICS, CHECKPOINT, EVALUATION, "evaluation.npz"}
+LOCK = ".lock"
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    """Temporary files of interrupted atomic writes (safe to remove while the folder is locked)."""
+    return [p for p in folder.glob(".*.tmp") if p.is_file()]
+
+
 def prepare(out: Path, force: bool) -> Path:
-    """An empty run folder; an existing non-empty one only with force, and only if it is a run folder."""
+    """An empty run folder, locked by the caller; an existing non-empty one only with force, and then
+    only if it holds nothing but run files (which are removed, one by one)."""
     out = Path(out)
+    if out.is_symlink():
+        raise UserError(f"{out} is a symbolic link; give the real folder as --out")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder; choose another --out")
-    if out.exists() and any(out.iterdir()):
+    entries = [p for p in out.iterdir() if p.name != LOCK and p not in _leftovers(out)] if out.exists() else []
+    if entries:
         if not force:
             raise UserError(f"run folder {out} is not empty; pass --force to overwrite it or --resume {out} to continue it")
-        if not (out / CONFIG).exists() and not (out / CHECKPOINT).exists():
-            raise UserError(f"{out} is not empty and is not a pyro-vae run folder; --force only replaces run folders")
-        shutil.rmtree(out)
+        foreign = sorted(p.name for p in entries if p.name not in RUN_FILES or not p.is_file())
+        if foreign:
+            raise UserError(f"{out} holds files that are not part of a run ({', '.join(foreign[:5])}"
+                            f"{', ...' if len(foreign) > 5 else ''}); --force only replaces run folders: choose another --out")
+        for p in entries:
+            p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def locked(folder: str | Path) -> Iterator[Path]:
+    """Hold an OS lock on `folder` (created if missing) while a process trains or writes there.
+
+    flock is released by the kernel when the holder exits in any way, so a lock left by a dead
+    process is never in force. The lock file names the holder's pid for the message a second
+    process gets. Leftover temporary files of interrupted writes are swept once the lock is held.
+    """
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise UserError(f"{folder} is a symbolic link; give the real folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {folder} ({e.strerror}); choose another folder") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{folder} is not writable; choose another folder or fix its permissions")
+    path = folder / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{folder} is in use by process {holder} (another pyro-vae run or study); "
+                            "wait for it to finish or use another folder") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else the holder removed the file as we opened it: lock the new one
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for leftover in _leftovers(folder):
+            leftover.unlink(missing_ok=True)
+        yield folder
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def read_config(run: Path) -> tuple[TrainConfig, dict]:

@@ -160,8 +160,9 @@ class Trainer:
             beta, self.vae.beta = self.vae.beta, self.cfg.beta  # test numbers use the final beta, comparable across epochs
             test_elbo = objective_per_image(self.vae, self.objective, self.test_obs, self.cfg.seed)
             line = {"epoch": self.epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "beta": beta, "epoch_seconds": seconds}
-            runs.append_metrics(self.run, line)
+            # The checkpoint first: metrics.jsonl never claims an epoch whose checkpoint was not written.
             runs.save_checkpoint(self.run, self.state())
+            runs.append_metrics(self.run, line)
             lines.append(line)
             self.log(
                 f"epoch {self.epoch}/{self.cfg.epochs}: train {train_elbo:.2f}, test {test_elbo:.2f} nats/image "
@@ -176,7 +177,11 @@ def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool
     dataset = load_data(cfg)
     # Data, model and objective are built before touching `out`: a bad setting must not cost a folder.
     trainer = Trainer(cfg, Path(out), dataset, log)
-    run = runs.prepare(out, force)
+    with runs.locked(out):
+        return _start(trainer, cfg, dataset, runs.prepare(out, force), progress, log)
+
+
+def _start(trainer: Trainer, cfg: TrainConfig, dataset, run: Path, progress: bool, log) -> Path:
     record = {"config": cfg.to_dict(), "data": dataset.provenance, "versions": runs.versions(),
               "objective_note": "train_elbo/test_elbo in metrics.jsonl are the objective's bound per image (beta-scaled)"}
     atomic_write_json(run / runs.CONFIG, record)
@@ -200,11 +205,14 @@ def resume(run: str | Path, epochs: int | None = None, progress: bool = True, lo
         if key in record["data"] and record["data"][key]["images_sha256"] != dataset.provenance.get(key, {}).get("images_sha256"):
             raise UserError(f"the data found now differs from the data {run} was trained on ({key}); point --data-dir at the original")
     trainer = Trainer(cfg, run, dataset, log)
-    trainer.restore(runs.load_checkpoint(run, cfg.device))
-    runs.truncate_metrics(run, trainer.epoch)
-    if epochs is not None:
-        record["config"]["epochs"] = epochs
-        atomic_write_json(run / runs.CONFIG, record)
-    log(f"resuming {run} at epoch {trainer.epoch} of {cfg.epochs}")
-    trainer.fit(progress)
+    with runs.locked(run):
+        trainer.restore(runs.load_checkpoint(run, cfg.device))
+        if epochs is not None and epochs < trainer.epoch:
+            raise UserError(f"{run} has trained {trainer.epoch} epochs already; --epochs is the new total, so give at least {trainer.epoch}")
+        runs.truncate_metrics(run, trainer.epoch)
+        if epochs is not None:
+            record["config"]["epochs"] = epochs
+            atomic_write_json(run / runs.CONFIG, record)
+        log(f"resuming {run} at epoch {trainer.epoch} of {cfg.epochs}")
+        trainer.fit(progress)
     return run

@@ -83,9 +83,80 @@ def test_non_empty_folder_needs_force(tmp_path):
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("precious")
-    with pytest.raises(UserError, match="not a pyro-vae run folder"):
+    with pytest.raises(UserError, match=r"holds files that are not part of a run \(notes.txt\)"):
         train(small_config(), other, force=True, progress=False, log=quiet)
     assert (other / "notes.txt").read_text() == "precious"
+
+
+def test_force_never_deletes_what_is_not_a_run_file(tmp_path):
+    """A folder with a config.json and a source tree is not a run: --force refuses it whole."""
+    p = tmp_path / "p"
+    (p / "src").mkdir(parents=True)
+    (p / "src" / "main.py").write_text("x")
+    (p / "config.json").write_text("{}")
+    before = {f: f.read_bytes() for f in p.rglob("*") if f.is_file()}
+    with pytest.raises(UserError, match=r"not part of a run \(src\)"):
+        train(small_config(), p, force=True, progress=False, log=quiet)
+    assert {f: f.read_bytes() for f in p.rglob("*") if f.is_file()} == before
+
+
+def test_a_second_process_on_a_locked_run_folder_gets_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    run = train(small_config(), tmp_path / "run", progress=False, log=quiet)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pyro_vae.training import runs\n"
+         "with runs.locked(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)", str(run)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = (run / "checkpoint.pt").read_bytes()
+        for attempt in (lambda: resume(run, 2, progress=False, log=quiet),
+                        lambda: train(small_config(), run, force=True, progress=False, log=quiet)):
+            with pytest.raises(UserError, match=f"in use by process {holder.pid}") as e:
+                attempt()
+            assert "\n" not in str(e.value)
+        assert (run / "checkpoint.pt").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel released the dead holder's lock: the folder is usable again
+    resume(run, 2, progress=False, log=quiet)
+    assert len(runs.read_metrics(run)) == 2 and not (run / runs.LOCK).exists()
+
+
+def test_leftover_temporary_files_are_swept_when_a_run_folder_is_opened(tmp_path):
+    run = train(small_config(), tmp_path / "run", progress=False, log=quiet)
+    orphan = run / ".checkpoint.pt.abc123.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    resume(run, 2, progress=False, log=quiet)
+    assert not orphan.exists()
+
+
+def test_an_interrupted_atomic_write_leaves_no_temporary_file_and_the_old_file_intact(tmp_path):
+    import errno
+
+    from pyro_vae.io import atomic_write
+
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"good")
+
+    def full_disk(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(target, full_disk)
+    assert target.read_bytes() == b"good" and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_resume_refuses_fewer_epochs_than_trained(tmp_path):
+    run = train(small_config(epochs=2), tmp_path / "run", progress=False, log=quiet)
+    config = (run / "config.json").read_bytes()
+    with pytest.raises(UserError, match="has trained 2 epochs already"):
+        resume(run, 1, progress=False, log=quiet)
+    assert (run / "config.json").read_bytes() == config
 
 
 def test_bad_data_leaves_an_existing_run_untouched(tmp_path):
