@@ -21,6 +21,9 @@ guide = "gaussian"
 [compare]
 baseline = "AE"
 candidate = "VAE"
+[claims.centre]
+title = "Centred: {candidate} beats {baseline}"
+metrics = ["mean_norm", "gaussian_kl", "share_in_95"]
 [evaluation]
 num_samples = 30
 generated = 200

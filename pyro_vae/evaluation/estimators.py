@@ -42,7 +42,7 @@ from pyro_vae.components.objectives import log_weights
 from pyro_vae.evaluation.grid import grid_log_likelihood
 from pyro_vae.evaluation.scoring import evaluating, loglik_fn, prepare
 
-__all__ = ["elbo_per_image", "importance_log_likelihood", "grid_log_likelihood", "active_units", "summarise"]
+__all__ = ["elbo_per_image", "importance_log_likelihood", "grid_log_likelihood", "active_units"]
 
 # bench/run.py looks the estimators' likelihood formula up under this name.
 _loglik_fn = loglik_fn
@@ -278,35 +278,3 @@ def active_units(vae, x: torch.Tensor, threshold: float = 0.01, batch_size: int 
     active = var > threshold
     return {"variances": var, "active": active, "active_units": int(active.sum()), "threshold": float(threshold),
             "latent_dim": int(var.numel())}
-
-
-def summarise(elbo: torch.Tensor | None = None, importance: dict | None = None, grid: dict | None = None,
-              units: dict | None = None) -> dict:
-    """Flat, JSON-ready means (nats per image) of whatever results are given, and their gaps.
-
-    elbo: elbo_per_image's tensor; importance / grid / units: the dicts of the other functions.
-    """
-    out: dict = {}
-    if elbo is not None:
-        out["elbo"] = float(torch.as_tensor(elbo).mean())
-    if importance is not None:
-        out["log_px_is"] = importance["mean_log_px"]
-        out["log_px_is_stderr"] = importance["stderr"]
-        out["is_num_samples"] = importance["num_samples"]
-        out["pareto_k_share_above_0_7"] = importance["share_k_above_0_7"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # all NaN when PSIS was skipped
-            out["pareto_k_median"] = float(np.nanmedian(importance["pareto_k"]))
-    if grid is not None:
-        out["log_px_exact"] = grid["mean_log_px"]
-        out["grid_converged"] = grid["converged"]
-        out["grid_points"] = grid["grid_points"]
-    if units is not None:
-        out["active_units"] = units["active_units"]
-    if "log_px_exact" in out:
-        for name in ("elbo", "log_px_is"):
-            if name in out:
-                out[f"gap_exact_minus_{name}"] = out["log_px_exact"] - out[name]
-    elif "elbo" in out and "log_px_is" in out:
-        out["gap_is_minus_elbo"] = out["log_px_is"] - out["elbo"]
-    return out

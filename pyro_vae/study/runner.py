@@ -1,106 +1,27 @@
-"""Studies: a TOML file naming a base config, variants and seeds; train, evaluate, report.
+"""Run a study: train every variant x seed, evaluate the runs, and collect them for the report.
 
-    name = "ae_vs_vae"
-    seeds = [0, 1, 2]
-    [base]            # TrainConfig settings shared by every variant
-    dataset = "mnist"
-    [variants.AE]     # each variant overrides the base; the table order is the display order
-    guide = "delta"
-    beta = 0.0
-    [compare]         # optional: the claims the report judges, candidate against baseline
-    baseline = "AE"
-    candidate = "VAE"
-    [evaluation]      # optional: EvalSettings
-
-RUNS_DIR/<variant>/seed-<seed>/ holds one run folder each, and RUNS_DIR/study.json the resolved study.
+The study file itself is :class:`pyro_vae.study.spec.Study`.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_data
 from pyro_vae.errors import UserError
-from pyro_vae.evaluation.evaluate import (
-    EvalSettings,
-    Scorer,
-    evaluate_run,
-    read_evaluation,
-)
-from pyro_vae.io import atomic_write_json, read_json, read_toml
+from pyro_vae.evaluation.evaluate import Scorer, evaluate_run, read_evaluation
+from pyro_vae.io import atomic_write_json, read_json
+from pyro_vae.study.spec import STUDY_FILE, Study
 from pyro_vae.training import runs
 from pyro_vae.training.trainer import resume, train
 
-STUDY_FILE = "study.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-
-@dataclass
-class Study:
-    name: str
-    title: str
-    description: str
-    seeds: list[int]
-    base: dict
-    variants: dict[str, dict]
-    compare: dict = field(default_factory=dict)
-    evaluation: dict = field(default_factory=dict)
-
-    def config(self, variant: str, seed: int) -> TrainConfig:
-        cfg = TrainConfig.from_dict(self.base, "[base]")
-        cfg.update(self.variants[variant], f"[variants.{variant}]")
-        cfg.seed = seed
-        return cfg.validate()
-
-    def eval_settings(self) -> EvalSettings:
-        return EvalSettings.from_dict(self.evaluation)
-
-    def cells(self) -> list[tuple[str, int]]:
-        return [(v, s) for v in self.variants for s in self.seeds]
-
-    def run_dir(self, runs_dir: Path, variant: str, seed: int) -> Path:
-        return Path(runs_dir) / variant / f"seed-{seed}"
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str) -> "Study":
-        known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation"}
-        if set(d) - known:
-            raise UserError(f"unknown key(s) {', '.join(sorted(set(d) - known))} in {source}; valid: {', '.join(sorted(known))}")
-        if not d.get("variants"):
-            raise UserError(f"{source} names no [variants.NAME] tables; a study compares at least one variant")
-        seeds = d.get("seeds", [0])
-        if not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
-            raise UserError(f"seeds in {source} must be a list of distinct whole numbers, got {seeds!r}")
-        for name in d["variants"]:
-            if not _NAME.match(name):
-                raise UserError(f"variant name {name!r} in {source} must be letters, digits, '.', '_', '+' or '-'")
-        study = cls(
-            name=d.get("name", Path(source).stem), title=d.get("title", d.get("name", Path(source).stem)),
-            description=d.get("description", ""), seeds=list(seeds), base=dict(d.get("base", {})),
-            variants={k: dict(v) for k, v in d["variants"].items()}, compare=dict(d.get("compare", {})),
-            evaluation=dict(d.get("evaluation", {})),
-        )
-        for variant in study.variants:
-            study.config(variant, study.seeds[0])  # every cell must be a valid config before anything runs
-        for role in ("baseline", "candidate"):
-            if role in study.compare and study.compare[role] not in study.variants:
-                raise UserError(f"[compare] {role} {study.compare[role]!r} is not a variant of {source}")
-        study.eval_settings()
-        return study
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Study":
-        return cls.from_dict(read_toml(path), str(path))
-
-    @classmethod
-    def from_runs_dir(cls, runs_dir: str | Path) -> "Study":
-        return cls.from_dict(read_json(Path(runs_dir) / STUDY_FILE), str(Path(runs_dir) / STUDY_FILE))
+# Study and STUDY_FILE live in spec.py; they stay importable from here, where callers first found them.
+__all__ = ["run_study", "evaluate_study", "collect", "Study", "STUDY_FILE"]
 
 
 def _check_same_config(run: Path, cfg: TrainConfig) -> None:

@@ -191,11 +191,10 @@ def test_active_units(trained):
     assert au["active_units"] == 1 and au["active"].tolist() == [True, False]
 
 
-def test_summarise(trained, grid):
+def test_elbo_importance_and_exact_likelihood_are_ordered(trained, grid):
+    """ELBO <= IS estimate <= exact log p(x) on average (IS within its noise)."""
     vae, x = trained
-    elbo = E.elbo_per_image(vae, x[:50], num_samples=10)
-    iw = E.importance_log_likelihood(vae, x[:50], num_samples=50)
-    g = E.grid_log_likelihood(vae, x[:50])
-    s = E.summarise(elbo=elbo, importance=iw, grid=g, units=E.active_units(vae, x[:50]))
-    assert s["gap_exact_minus_elbo"] > s["gap_exact_minus_log_px_is"] > -0.05
-    assert all(isinstance(v, (int, float, bool)) for v in s.values())
+    elbo = float(E.elbo_per_image(vae, x[:50], num_samples=10).mean())
+    iw = E.importance_log_likelihood(vae, x[:50], num_samples=50)["mean_log_px"]
+    exact = E.grid_log_likelihood(vae, x[:50])["mean_log_px"]
+    assert exact - elbo > exact - iw > -0.05

@@ -13,29 +13,24 @@ from pathlib import Path
 import pytest
 
 from pyro_vae.errors import UserError
+from pyro_vae.evaluation.metrics import flat_metrics
+from pyro_vae.io import read_toml
 from pyro_vae.report import build as report
-from pyro_vae.report.build import (
-    BETTER,
-    FAILS,
-    HOLDS,
-    NOT_JUDGED,
-    PARTLY,
-    SAME,
-    UNJUDGED,
-    WORSE,
-    build_report,
-    claim_verdict,
-    compare_metric,
-    judge_claims,
-)
+from pyro_vae.report.build import build_report
+from pyro_vae.report.document import render_markdown
+from pyro_vae.report.tables import PARETO_WARN
+from pyro_vae.study.claims import CLAIM_RULE, FAILS, HOLDS, PARTLY, Claim, judge_claims
 from pyro_vae.study.runner import Study, run_study
 from pyro_vae.training import runs
+
+# The AE-vs-VAE claims exactly as the shipped study file states them.
+AE_VS_VAE_CLAIMS = read_toml(Path(__file__).resolve().parents[2] / "studies" / "ae_vs_vae.toml")["claims"]
 
 STUDY = {
     "name": "tiny", "title": "Tiny AE vs VAE <check & escape>", "seeds": [0, 1],
     "base": {"dataset": "mnist", "epochs": 1, "train_limit": 600, "test_limit": 300, "batch_size": 100},
     "variants": {"AE": {"guide": "delta", "beta": 0.0}, "VAE": {"guide": "gaussian", "beta": 1.0}},
-    "compare": {"baseline": "AE", "candidate": "VAE"},
+    "compare": {"baseline": "AE", "candidate": "VAE"}, "claims": AE_VS_VAE_CLAIMS,
     "evaluation": {"num_samples": 30, "generated": 200, "pairs": 100, "likelihood_images": 100},
 }
 
@@ -147,17 +142,17 @@ def test_verdicts_are_present_and_match_the_numbers(built):
     results = json.loads((out / "results.json").read_text())
     values: dict = {}
     for r in results:
-        for m, x in report.flat_metrics(r).items():
+        for m, x in flat_metrics(r).items():
             values.setdefault(r["variant"], {}).setdefault(m, []).append(x)
     context = {v: {"n_classes": 10, "n_codes": 300, "latent_dim": 2} for v in study.variants}
-    claims = judge_claims(values, "AE", "VAE", context)
+    claims = judge_claims(study.claim_specs(), values, context)
     assert len(claims) == 3
     for claim in claims:
         assert claim.verdict in (HOLDS, PARTLY, FAILS)  # 2 seeds each: every metric is judged
         assert f"Verdict: the claim {claim.verdict}" in text
         assert len(claim.rows) >= 5
     assert text.count("Verdict: the claim") == 3
-    assert report.CLAIM_RULE.split(":")[0] in text
+    assert CLAIM_RULE.split(":")[0] in text
 
 
 def test_pareto_warning_follows_the_numbers(built):
@@ -169,7 +164,7 @@ def test_pareto_warning_follows_the_numbers(built):
         shares = [x for x in shares if isinstance(x, float)]
         flagged = f"{variant}: " in text and any(
             line.startswith(f"> **⚠ Warning.** {variant}: ") and "Pareto k above 0.7" in line for line in text.splitlines())
-        assert flagged == (bool(shares) and sum(shares) / len(shares) > report.PARETO_WARN), variant
+        assert flagged == (bool(shares) and sum(shares) / len(shares) > PARETO_WARN), variant
 
 
 def test_setup_warns_loudly_about_the_embedded_sample(built):
@@ -177,22 +172,38 @@ def test_setup_warns_loudly_about_the_embedded_sample(built):
     results = json.loads((out / "results.json").read_text())
     for r in results:
         r["data"] = {**r["data"], "origin": "embedded", "note": "using the MNIST sample shipped with pyro-vae"}
-    text = report.render_markdown(report._setup_blocks(study, results, {}))
+    text = render_markdown(report._setup_blocks(study, results, {}))
     assert "> **⚠ Warning.** The data is the MNIST sample shipped inside pyro-vae" in text
     assert "EMBEDDED IN THE PACKAGE" in text
 
 
-def test_study_without_compare_gets_no_verdicts(study_runs, tmp_path):
+@pytest.mark.parametrize("drop", [("claims",), ("claims", "compare")])
+def test_study_without_claims_gets_no_verdicts(study_runs, tmp_path, drop):
     study, runs_dir = study_runs
     copy = tmp_path / "runs"
     shutil.copytree(runs_dir, copy)
     record = json.loads((copy / "study.json").read_text())
-    record["compare"] = {}
+    for key in drop:
+        record[key] = {}  # a [compare] table alone no longer brings the AE-vs-VAE claims
     (copy / "study.json").write_text(json.dumps(record))
     build_report(copy, tmp_path / "report", log=_quiet)
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "no \\[compare\\] table" in text and "Verdict:" not in text
+    assert "states no claims" in text and "Verdict:" not in text and "## Claims" not in text
     assert "## All variants compared" in text
+
+
+def test_claims_of_two_pairs_get_a_section_each_numbered_throughout():
+    def claim(key: str, baseline: str, candidate: str) -> Claim:
+        return Claim(key, f"{key} title", "why", HOLDS, [], baseline, candidate)
+
+    text = render_markdown(report._claim_blocks(
+        [claim("a", "AE", "VAE"), claim("b", "AE", "VAE"), claim("c", "VAE", "flow")]))
+    assert text.count("## Claims: ") == 2 and text.count(CLAIM_RULE.split(":")[0]) == 2
+    assert "## Claims: VAE (candidate) against AE (baseline)" in text
+    assert "## Claims: flow (candidate) against VAE (baseline)" in text
+    assert [line for line in text.splitlines() if line.startswith("### ")] == [
+        "### Claim 1. a title", "### Claim 2. b title", "### Claim 3. c title"]
+    assert "| metric | better | VAE (mean ± sd) | flow (mean ± sd) |" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,125 +251,11 @@ def test_unfinished_run_is_an_error_not_a_training(study_runs, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The verdict logic on constructed numbers
-
-
-@pytest.mark.parametrize("better, target, base, cand, expected", [
-    ("lower", None, [10.0, 11.0, 10.5], [1.0, 1.2, 0.9], BETTER),
-    ("lower", None, [1.0, 1.2, 0.9], [10.0, 11.0, 10.5], WORSE),
-    ("lower", None, [1.0, 3.0, 2.0], [1.5, 2.5, 2.2], SAME),
-    ("higher", None, [0.2, 0.25, 0.22], [0.9, 0.92, 0.91], BETTER),
-    ("higher", None, [0.9, 0.92, 0.91], [0.2, 0.25, 0.22], WORSE),
-    ("target", 0.95, [0.30, 0.35, 0.32], [0.94, 0.95, 0.96], BETTER),
-    ("target", 0.95, [0.99, 0.999, 1.0], [0.94, 0.95, 0.96], BETTER),  # overshooting is also a miss
-    ("target", 0.95, [0.94, 0.95, 0.96], [0.5, 0.55, 0.6], WORSE),
-    ("lower", None, [5.0, 5.0], [5.0, 5.0], SAME),  # no spread at all: the floor keeps it undecided
-    ("lower", None, [5.0], [1.0], UNJUDGED),  # one seed: no spread to judge against
-    ("lower", None, [math.inf, 3.0], [1.0, 1.1], BETTER),  # a collapsed (infinite-KL) baseline
-])
-def test_compare_metric(better, target, base, cand, expected):
-    assert compare_metric(base, cand, better, target)["verdict"] == expected
-
-
-def test_compare_metric_uses_two_standard_errors():
-    # difference 1.0; sd 1 on both sides with 4 seeds: SE = sqrt(1/4 + 1/4) = 0.707, 2 SE = 1.41 > 1
-    base = [0.0, 1.0, 2.0, 2.0]
-    cand = [x - 1.0 for x in base]
-    result = compare_metric(base, cand, "lower")
-    assert result["improvement"] == pytest.approx(1.0)
-    assert result["threshold"] > 1.0 and result["verdict"] == SAME
-    tight = compare_metric([x * 0.1 for x in base], [x * 0.1 - 1.0 for x in base], "lower")
-    assert tight["verdict"] == BETTER and tight["threshold"] < 1.0
-
-
-@pytest.mark.parametrize("verdicts, expected", [
-    ([BETTER, BETTER, BETTER], HOLDS),
-    ([BETTER, SAME, BETTER], PARTLY),
-    ([BETTER, WORSE, BETTER], FAILS),
-    ([SAME, SAME], FAILS),
-    ([WORSE], FAILS),
-    ([UNJUDGED, UNJUDGED], NOT_JUDGED),
-    ([BETTER, UNJUDGED], PARTLY),
-    ([], NOT_JUDGED),
-])
-def test_claim_verdict(verdicts, expected):
-    assert claim_verdict(verdicts) == expected
-
-
-def _values(good: bool) -> dict:
-    """Per-seed values where the candidate (VAE) is clearly better (good=True) or clearly worse."""
-    ideal = {"prior_fid": 5.0, "prior_confidence": 0.95, "prior_label_entropy": math.log(10), "box_fid": 5.0,
-             "box_confidence": 0.95, "box_label_entropy": math.log(10), "mid_same_fid": 5.0,
-             "mid_same_confidence": 0.95, "mid_diff_fid": 5.0, "mid_diff_confidence": 0.95, "mean_norm": 0.01,
-             "gaussian_kl": 0.01, "share_in_95": 0.95, "max_abs_skewness": 0.05, "max_radius": 3.5,
-             "white_spread_ratio": 1.1, "white_spread_cv": 0.05, "spread_ratio": 1.1, "spread_cv": 0.05,
-             "silhouette": 0.6}
-    poor = {"prior_fid": 80.0, "prior_confidence": 0.5, "prior_label_entropy": 1.0, "box_fid": 60.0,
-            "box_confidence": 0.6, "box_label_entropy": 1.2, "mid_same_fid": 50.0, "mid_same_confidence": 0.6,
-            "mid_diff_fid": 70.0, "mid_diff_confidence": 0.5, "mean_norm": 4.0, "gaussian_kl": 30.0,
-            "share_in_95": 0.2, "max_abs_skewness": 2.0, "max_radius": 40.0, "white_spread_ratio": 4.0,
-            "white_spread_cv": 0.5, "spread_ratio": 5.0, "spread_cv": 0.6, "silhouette": 0.1}
-    jitter = [-0.01, 0.0, 0.01]
-
-    def seeds(d):
-        return {k: [v * (1 + j) for j in jitter] for k, v in d.items()}
-
-    return {"AE": seeds(poor), "VAE": seeds(ideal)} if good else {"AE": seeds(ideal), "VAE": seeds(poor)}
-
-
-def test_judge_claims_flip_with_the_numbers():
-    context = {v: {"n_classes": 10, "n_codes": 2000, "latent_dim": 2} for v in ("AE", "VAE")}
-    good = judge_claims(_values(True), "AE", "VAE", context)
-    assert [c.verdict for c in good] == [HOLDS, HOLDS, HOLDS]
-    bad = judge_claims(_values(False), "AE", "VAE", context)
-    assert [c.verdict for c in bad] == [FAILS, FAILS, FAILS]
-    assert all(r["verdict"] == WORSE for c in bad for r in c.rows)
-    # One centre metric turned around: claim 2 no longer holds, the others are untouched.
-    mixed = _values(True)
-    mixed["VAE"]["gaussian_kl"] = [x * 1e5 for x in mixed["VAE"]["gaussian_kl"]]
-    verdicts = [c.verdict for c in judge_claims(mixed, "AE", "VAE", context)]
-    assert verdicts == [HOLDS, FAILS, HOLDS]
-
-
-def test_claim_one_gives_the_baseline_its_better_sampler():
-    values = _values(True)
-    values["AE"]["box_fid"] = [4.0, 4.1, 4.2]  # the AE's box samples beat the VAE's prior samples
-    holes = judge_claims(values, "AE", "VAE")[0]
-    fid = next(r for r in holes.rows if r["metric"] == "prior_fid")
-    assert fid["baseline_metric"] == "box_fid" and fid["verdict"] == WORSE
-    assert holes.verdict == FAILS
-    values["AE"]["box_fid"] = [90.0, 91.0, 92.0]  # now the prior draws are the AE's better sampler
-    fid = next(r for r in judge_claims(values, "AE", "VAE")[0].rows if r["metric"] == "prior_fid")
-    assert fid["baseline_metric"] == "prior_fid" and fid["verdict"] == BETTER
-
-
-def test_single_seed_studies_are_not_judged():
-    values = {v: {k: x[:1] for k, x in d.items()} for v, d in _values(True).items()}
-    assert [c.verdict for c in judge_claims(values, "AE", "VAE")] == [NOT_JUDGED] * 3
-
-
-def test_max_radius_target_is_the_median_largest_norm():
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    maxima = [np.linalg.norm(rng.standard_normal((2000, 2)), axis=1).max() for _ in range(400)]
-    assert report.expected_max_radius(2000, 2) == pytest.approx(np.median(maxima), rel=0.03)
-
-
-# ---------------------------------------------------------------------------------------------
 # Rendering
 
 
 def test_renderers_escape_their_input(tmp_path):
-    from pyro_vae.report.build import (
-        Bullets,
-        Cell,
-        Heading,
-        Paragraph,
-        Table,
-        render_html,
-        render_markdown,
-    )
+    from pyro_vae.report.document import Bullets, Cell, Heading, Paragraph, Table, render_html
 
     blocks = [Heading(1, "A <b> & B"), Paragraph(["x < y & ", ("code", "a|b"), " ", ("b", "*bold*")], "warning"),
               Bullets(["<script>alert(1)</script>"]),
@@ -373,9 +270,33 @@ def test_renderers_escape_their_input(tmp_path):
 
 
 def test_number_formatting():
-    from pyro_vae.report.build import Summary, _fmt, _fmt_pm
+    from pyro_vae.report.tables import fmt, fmt_pm
+    from pyro_vae.study.statistics import Summary
 
-    assert _fmt(None) == "—" and _fmt(math.nan) == "—" and _fmt(math.inf) == "∞"
-    assert _fmt(-98.1234) == "−98.12" and _fmt(3) == "3" and _fmt(0.95) == "0.9500"
-    assert _fmt_pm(Summary([1.0, 2.0], -98.1234, 0.456, 2)) == "−98.12 ± 0.46"
-    assert _fmt_pm(Summary([1.0], 0.5, 0.0, 1)) == "0.5000"
+    assert fmt(None) == "—" and fmt(math.nan) == "—" and fmt(math.inf) == "∞"
+    assert fmt(-98.1234) == "−98.12" and fmt(3) == "3" and fmt(0.95) == "0.9500"
+    assert fmt_pm(Summary([1.0, 2.0], -98.1234, 0.456, 2)) == "−98.12 ± 0.46"
+    assert fmt_pm(Summary([1.0], 0.5, 0.0, 1)) == "0.5000"
+
+
+# ---------------------------------------------------------------------------------------------
+# Config columns
+
+
+def test_every_train_config_field_has_a_report_column_or_a_reason(built):
+    import dataclasses
+
+    from pyro_vae.config import TrainConfig
+    from pyro_vae.report.tables import CONFIG_COLUMNS, CONFIG_EXCLUDED, VARIANT_COLUMNS
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert set(CONFIG_EXCLUDED) <= set(names), "an exclusion names no TrainConfig field"
+    assert all(reason for reason in CONFIG_EXCLUDED.values())
+    for name in names:
+        assert (name in CONFIG_COLUMNS) != (name in CONFIG_EXCLUDED), name
+    assert CONFIG_COLUMNS == [n for n in names if n in CONFIG_COLUMNS]  # field order
+    assert {n for n in names if n.endswith("_options")} <= set(VARIANT_COLUMNS)
+    _, _, out, _ = built
+    with open(out / "results.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[3:3 + len(CONFIG_COLUMNS)] == CONFIG_COLUMNS

@@ -1,0 +1,165 @@
+"""Every metric a run's evaluation reports, defined once: its label, which way is better, its group.
+
+Adding a metric means computing it (in evaluation/) and adding its row to :data:`METRICS`; reports,
+tables, figures and claims read everything they need about it from here.
+
+    metric("share_in_95").label         # "share in 95% ball"
+    direction("max_radius", n_codes=2000, latent_dim=2)   # ("target", 3.6...)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from scipy.stats import chi2
+
+__all__ = ["Metric", "METRICS", "GROUPS", "SAMPLERS", "QUALITIES", "metric", "direction", "expected_max_radius",
+           "sample_key", "flat_metrics", "expected_keys"]
+
+NATS = "nats / image"
+LIKELIHOOD, CENTRE, SPREAD, QUALITY, BOOKKEEPING = (
+    "Likelihood and bounds", "Centre and bounds", "Class spread", "Sample quality", "Bookkeeping")
+GROUPS = [LIKELIHOOD, CENTRE, SPREAD, QUALITY, BOOKKEEPING]  # display order of the metric tables
+
+# When a metric exists at all, as predicates on a run's config and evaluation: the report shows "—"
+# where it does not, and the tests check evaluate_run against these.
+REQUIREMENTS: dict[str, Callable[[dict, dict], bool]] = {
+    "probabilistic guide": lambda config, evaluation: not evaluation.get("deterministic_guide"),
+    "2-D codes": lambda config, evaluation: config.get("latent_dim") == 2,
+    "codes above 2-D": lambda config, evaluation: config.get("latent_dim") != 2,
+}
+
+
+def expected_max_radius(n_codes: int, latent_dim: int) -> float:
+    """Median of the largest norm among n_codes draws from N(0, I_d): where max_radius should sit."""
+    return float(math.sqrt(chi2.ppf(0.5 ** (1.0 / max(int(n_codes), 1)), latent_dim)))
+
+
+Target = float | Callable[[int, int | None, int | None], float | None]  # (n_classes, n_codes, latent_dim)
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    group: str
+    better: str | None = None  # "lower", "higher", "target", or None for numbers without a better side
+    target: Target | None = None  # the ideal value when better == "target"
+    requires: tuple[str, ...] = ()  # names in REQUIREMENTS; the metric is absent from runs failing one
+    headline: int = 0  # > 0: column position in the report's table comparing all variants
+    bar: int = 0  # > 0: position among the report's headline metric figures
+    stands_in_for: str | None = None  # in figures: shown only where no variant has that metric
+    unit: str = ""
+    point: bool = False  # plotted as points: bars from zero would hide differences far from zero
+    sampler: str | None = None  # sample-quality metrics: which codes were decoded...
+    quality: str | None = None  # ...and which score of the images this is
+
+
+def _max_radius(n_classes: int, n_codes: int | None, latent_dim: int | None) -> float | None:
+    return expected_max_radius(n_codes, latent_dim) if n_codes and latent_dim else None
+
+
+_PROBABILISTIC_2D = ("probabilistic guide", "2-D codes")
+_ROWS = [
+    Metric("test_elbo", "test ELBO", LIKELIHOOD, "higher", requires=("probabilistic guide",), headline=1,
+           unit=NATS, point=True),
+    Metric("log_px_is", "log p(x) IS", LIKELIHOOD, "higher", requires=("probabilistic guide",), headline=2,
+           bar=6, stands_in_for="log_px_exact", unit=NATS, point=True),
+    Metric("log_px_exact", "log p(x) exact", LIKELIHOOD, "higher", requires=("2-D codes",), headline=3, bar=6,
+           unit=NATS, point=True),
+    Metric("gap_exact_minus_elbo", "gap exact − ELBO", LIKELIHOOD, "lower", requires=_PROBABILISTIC_2D, headline=4,
+           unit=NATS),
+    Metric("gap_exact_minus_is", "gap exact − IS", LIKELIHOOD, "target", 0.0, requires=_PROBABILISTIC_2D, headline=5,
+           unit=NATS),
+    Metric("pareto_k_share_above_0_7", "share Pareto k > 0.7", LIKELIHOOD, "lower", requires=("probabilistic guide",),
+           headline=6),
+    Metric("pareto_k_median", "median Pareto k", LIKELIHOOD, "lower", requires=("probabilistic guide",)),
+    Metric("recon_bce", "recon BCE", LIKELIHOOD, "lower", headline=7, unit=NATS),
+    # The training objective's own value (β-scaled): comparable only between variants with one objective.
+    Metric("final_train_elbo", "final train bound", LIKELIHOOD, unit=NATS, point=True),
+    Metric("final_test_elbo", "final test bound", LIKELIHOOD, unit=NATS, point=True),
+    Metric("active_units", "active units", LIKELIHOOD, "higher", requires=("codes above 2-D",), headline=17),
+    Metric("mean_norm", "‖mean code‖", CENTRE, "lower"),
+    Metric("gaussian_kl", "Gaussian KL to N(0,I)", CENTRE, "lower", headline=8, bar=3),
+    Metric("share_in_95", "share in 95% ball", CENTRE, "target", 0.95, headline=9, bar=4),
+    Metric("max_abs_skewness", "max |skewness|", CENTRE, "lower"),
+    Metric("max_radius", "max radius", CENTRE, "target", _max_radius),
+    Metric("spread_ratio", "spread ratio", SPREAD, "lower"),
+    Metric("spread_cv", "spread CV", SPREAD, "lower"),
+    Metric("silhouette", "silhouette", SPREAD, "higher", headline=12),
+    Metric("white_spread_ratio", "whitened spread ratio", SPREAD, "lower", headline=10),
+    Metric("white_spread_cv", "whitened spread CV", SPREAD, "lower", headline=11, bar=5),
+    Metric("white_silhouette", "whitened silhouette", SPREAD, "higher"),
+]
+
+def sample_key(sampler: str, quality: str) -> str:
+    return f"{sampler}_{quality}"
+
+
+# Sample quality: every sampler's images get every score, so these rows are a product of two tables.
+SAMPLERS = {"prior": "prior", "box": "box", "mid_same": "midpoint same-class", "mid_diff": "midpoint diff-class"}
+QUALITIES: dict[str, dict] = {
+    "fid": dict(label="FID", better="lower"),
+    "confidence": dict(label="confidence", better="higher"),
+    "label_entropy": dict(label="label entropy", better="target", target=lambda n_classes, n_codes, latent_dim:
+                          math.log(n_classes)),  # uniform over the classes: every class generated alike
+    "class_coverage": dict(label="class coverage", better="higher"),
+}
+_PLACES = {"prior_fid": dict(headline=13, bar=1), "prior_confidence": dict(headline=14, bar=2),
+           "prior_label_entropy": dict(headline=15), "box_fid": dict(headline=16)}
+_ROWS += [Metric(sample_key(s, q), f"{s_label} {spec['label']}", QUALITY, spec["better"], spec.get("target"),
+                 sampler=s, quality=q, **_PLACES.get(sample_key(s, q), {}))
+          for s, s_label in SAMPLERS.items() for q, spec in QUALITIES.items()]
+
+# Bookkeeping: numbers worth recording that are better neither way.
+_ROWS += [
+    Metric("epochs_trained", "epochs trained", BOOKKEEPING),
+    Metric("classifier_accuracy", "classifier test accuracy", BOOKKEEPING),
+    Metric("grid_points", "grid points", BOOKKEEPING, requires=("2-D codes",)),
+    Metric("eval_seconds", "evaluation seconds", BOOKKEEPING),
+    Metric("train_seconds", "training seconds", BOOKKEEPING),
+    Metric("active_units_threshold", "active units threshold", BOOKKEEPING, requires=("codes above 2-D",)),
+    Metric("active_units_latent_dim", "active units latent dim", BOOKKEEPING, requires=("codes above 2-D",)),
+]
+
+METRICS: dict[str, Metric] = {m.key: m for m in _ROWS}
+
+
+def metric(key: str) -> Metric:
+    """The metric of that key; a key missing from the table (a plugin's number) is shown as bookkeeping."""
+    return METRICS.get(key) or Metric(key, key.replace("_", " "), BOOKKEEPING)
+
+
+def direction(key: str, n_classes: int = 10, n_codes: int | None = None,
+              latent_dim: int | None = None) -> tuple[str | None, float | None]:
+    """("lower" | "higher" | "target" | None, target value) for a metric key.
+
+    Targets that depend on the data (max_radius on the code count and size) are None without it.
+    """
+    m = metric(key)
+    if m.better != "target":
+        return m.better, None
+    target = m.target(n_classes, n_codes, latent_dim) if callable(m.target) else m.target
+    return ("target", float(target)) if target is not None else (None, None)
+
+
+def _scalar(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def flat_metrics(result: dict) -> dict[str, float]:
+    """Every scalar number of a run's results (a results.json entry): evaluation, final bounds, seconds."""
+    out = {k: float(v) for k, v in result["evaluation"].items() if _scalar(v)}
+    if "pareto_k_share_above_0_7" in out and not math.isfinite(out.get("pareto_k_median", math.nan)):
+        out["pareto_k_share_above_0_7"] = math.nan  # no k was fitted (too few samples): untested, not 0
+    for key in ("final_train_elbo", "final_test_elbo", "train_seconds"):
+        if _scalar(result.get(key)):
+            out[key] = float(result[key])
+    return out
+
+
+def expected_keys(config: dict, evaluation: dict) -> set[str]:
+    """The metric keys a run with this config and evaluation should have, by the table's requirements."""
+    return {m.key for m in METRICS.values() if all(REQUIREMENTS[r](config, evaluation) for r in m.requires)}

@@ -1,0 +1,1 @@
+"""The study report: build (build_report), document (blocks and renderers), tables, figures."""

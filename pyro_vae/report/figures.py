@@ -1,0 +1,178 @@
+"""The report's figures: which plot to draw from which arrays, and saving them under figures/.
+
+Each entry of :data:`FIGURES` returns (file name, draw) pairs; draw() returns a matplotlib Figure
+and its caption. A figure that cannot be drawn is skipped with a log line, never the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pyro_vae import plots
+from pyro_vae.evaluation.evaluate import EVALUATION_ARRAYS
+from pyro_vae.evaluation.metrics import METRICS, direction
+from pyro_vae.report.document import Figure
+from pyro_vae.report.tables import direction_text
+from pyro_vae.study.spec import Study
+
+__all__ = ["FIGURES", "make_figures"]
+
+
+@dataclass
+class _Inputs:
+    seed: int  # the figures of one seed stand for the study
+    variants: list[str]
+    arrays: dict[str, dict[str, np.ndarray]]  # variant -> evaluation.npz of that seed's run
+    configs: dict[str, dict]
+    results: list[dict]
+    values: dict[str, dict[str, list[float]]]
+    class_names: Sequence[str]
+    n_seeds: int
+
+    def each(self, key: str) -> dict[str, np.ndarray]:
+        return {v: self.arrays[v][key] for v in self.variants}
+
+
+Draw = Callable[[], tuple]  # () -> (matplotlib Figure, caption)
+
+
+def _codes(d: _Inputs) -> list[tuple[str, Draw]]:
+    two_d = [v for v in d.variants if d.arrays[v]["codes"].shape[1] >= 2]
+    return [("codes", lambda: (plots.code_scatter(
+        {v: d.arrays[v]["codes"] for v in two_d}, {v: d.arrays[v]["labels"] for v in two_d}, class_names=d.class_names,
+        title=f"Test-image codes (posterior means), seed {d.seed}; dashed: 1, 2, 3 σ of N(0, I)"),
+        f"Codes of the test images (seed {d.seed}), coloured by class, with the 1-2-3 σ circles of N(0, I); "
+        "same axes for every variant."))] if two_d else []
+
+
+def _samples(kind: str, title: str, caption: str) -> Callable[[_Inputs], list[tuple[str, Draw]]]:
+    return lambda d: [(f"{kind}_samples", lambda: (plots.image_grid(
+        d.each(f"{kind}_images"), ncols=8, title=f"{title}, seed {d.seed}"), caption))]
+
+
+def _manifold(d: _Inputs) -> list[tuple[str, Draw]]:
+    shown = [v for v in d.variants if "manifold" in d.arrays[v]]
+    return [("manifold", lambda: (plots.manifold(
+        {v: d.arrays[v]["manifold"] for v in shown}, grid_size=len(d.arrays[shown[0]]["manifold_axis"]),
+        axis_values={v: d.arrays[v]["manifold_axis"] for v in shown}, title=f"Decoded code grid, seed {d.seed}"),
+        "Decoded regular grid of codes: normal quantiles (3%–97%) for probabilistic guides, the 1st–99th "
+        "percentile range of the codes for deterministic ones (tick labels give the code values)."))] if shown else []
+
+
+def _reconstructions(d: _Inputs) -> list[tuple[str, Draw]]:
+    originals = d.arrays[d.variants[0]]["originals"]
+    same = all(np.array_equal(d.arrays[v]["originals"], originals) for v in d.variants)
+    return [("reconstructions", lambda: (plots.reconstructions(
+        originals, d.each("reconstructions"), title=f"Reconstructions of the same test images, seed {d.seed}"),
+        "Top row: binarised test images; below: each variant's reconstruction (Bernoulli means) of them."
+        + ("" if same else " Note: the variants binarise the test images differently; the top row is the first variant's.")))]
+
+
+def _spread(name: str, key: str, suptitle: str, ylabel: str, caption: str):
+    def figures(d: _Inputs) -> list[tuple[str, Draw]]:
+        def draw():
+            spreads = {v: np.array([r["evaluation"][key] for r in d.results if r["variant"] == v]) for v in d.variants}
+            fig = plots.spread_bars(spreads, class_names=d.class_names, title="", ylabel=ylabel)
+            fig.suptitle(suptitle)  # a title of spread_bars' own would collide with its "mean ± sd over n seeds" note
+            return fig, caption.format(n_seeds=d.n_seeds)
+        return [(name, draw)]
+    return figures
+
+
+def _training_curves(d: _Inputs) -> list[tuple[str, Draw]]:
+    curves = {v: [r["training_curve"] for r in d.results if r["variant"] == v] for v in d.variants}
+    return [("training_curves", lambda: (plots.training_curves(
+        curves, ylabel="objective bound (nats / image)", title="Training curves (each variant's own, β-scaled objective)"),
+        "Train and test value of each variant's training objective per epoch (band: min–max over seeds). Bounds of "
+        "different objectives (β = 0 drops the prior's terms) are not comparable across variants."))]
+
+
+def _marginals(d: _Inputs) -> list[tuple[str, Draw]]:
+    return [("marginals", lambda: (plots.marginal_densities(
+        d.each("codes"), title=f"Marginal densities of the codes (ArviZ KDE) against N(0, 1), seed {d.seed}"),
+        "Kernel density of each code axis against the N(0, 1) density (dashed), same x range for every variant."))]
+
+
+def _prior_density(d: _Inputs) -> list[tuple[str, Draw]]:
+    def draw(v: str):
+        prior = d.configs[v]["prior"]
+        return plots.prior_density(
+            d.arrays[v]["codes"], d.arrays[v]["labels"], d.arrays[v]["prior_log_density"], d.arrays[v]["prior_extent"],
+            class_names=d.class_names, title=f"{v}: learned prior ({prior}) under its codes, seed {d.seed}"), \
+            f"{v}: log density of the learned {prior} prior, with the test codes on top."
+    learned = [v for v in d.variants
+               if d.configs[v].get("prior") != "standard-normal" and "prior_log_density" in d.arrays[v]]
+    return [(f"prior_density_{v}", lambda v=v: draw(v)) for v in learned]
+
+
+def _metric_bars(d: _Inputs) -> list[tuple[str, Draw]]:
+    def has(key: str) -> bool:
+        return any(key in d.values[v] for v in d.variants)
+
+    def draw(m):
+        better, target = direction(m.key)
+        fig = plots.metric_bars({v: d.values[v][m.key] for v in d.variants if m.key in d.values[v]},
+                                title=f"{m.label} ({direction_text(better, target)} is better)"
+                                if better != "target" else f"{m.label} (target {target:.4g})",
+                                style="point" if m.point else "bar", ylabel=m.unit)
+        if target is not None:
+            fig.axes[0].axhline(target, color="C3", linestyle="--", linewidth=1.0)
+        return fig, m.label
+    shown = sorted((m for m in METRICS.values() if m.bar and has(m.key)
+                    and not (m.stands_in_for and has(m.stands_in_for))), key=lambda m: m.bar)
+    return [(f"metric_{m.key}", lambda m=m: draw(m)) for m in shown]
+
+
+# name -> the figures of that name, in drawing order; the report places them by name.
+FIGURES: dict[str, Callable[[_Inputs], list[tuple[str, Draw]]]] = {
+    "codes": _codes,
+    "prior_samples": _samples("prior", "Decoded draws from each model's prior",
+                              "Images decoded from codes drawn from each model's prior (N(0, I) unless a learned prior "
+                              "is named; a β = 0 autoencoder never trained with it)."),
+    "box_samples": _samples("box", "Decoded uniform draws over the box the codes occupy",
+                            "Images decoded from codes drawn uniformly over the bounding box of each model's test "
+                            "codes: how one samples a plain AE."),
+    "manifold": _manifold,
+    "reconstructions": _reconstructions,
+    "class_spread": _spread("class_spread", "class_spread", "Per-class spread of the codes (raw code units)",
+                            "RMS distance to class centre",
+                            "Per-class spread (RMS distance of a class's codes to its centre), mean ± sd over {n_seeds} "
+                            "seed(s). Raw units differ between variants; compare the shape across classes, and the "
+                            "whitened figure for scale-free spreads."),
+    "class_spread_whitened": _spread("class_spread_whitened", "white_class_spread",
+                                     "Per-class spread after whitening the codes (scale-free)", "whitened RMS distance",
+                                     "The same after whitening each variant's codes to identity covariance: no variant "
+                                     "can look even by shrinking its space."),
+    "training_curves": _training_curves,
+    "marginals": _marginals,
+    "prior_density": _prior_density,
+    "metric_bars": _metric_bars,
+}
+
+
+def make_figures(study: Study, runs_dir: Path, out_dir: Path, results: list[dict], values: dict,
+                 class_names: Sequence[str], log: Callable[[str], None]) -> dict[str, list[Figure]]:
+    """Save the figures under out_dir/figures; returns name -> Figure blocks (paths relative), drawn ones only."""
+    seed = study.seeds[0]
+    variants = list(study.variants)
+    arrays = {}
+    for v in variants:
+        with np.load(study.run_dir(runs_dir, v, seed) / EVALUATION_ARRAYS) as npz:
+            arrays[v] = {k: npz[k] for k in npz.files}
+    configs = {v: next(r["config"] for r in results if r["variant"] == v and r["seed"] == seed) for v in variants}
+    inputs = _Inputs(seed, variants, arrays, configs, results, values, class_names, len(study.seeds))
+    made: dict[str, list[Figure]] = {}
+    for name, figures in FIGURES.items():
+        for file_name, draw in figures(inputs):
+            try:
+                fig, caption = draw()
+            except (ValueError, KeyError, IndexError, np.linalg.LinAlgError) as e:  # one bad figure must not sink the report
+                log(f"report: skipped figure {file_name} ({type(e).__name__}: {e})")
+                continue
+            plots.save_figure(fig, out_dir / "figures" / f"{file_name}.png")
+            made.setdefault(name, []).append(Figure(f"figures/{file_name}.png", caption))
+    return made

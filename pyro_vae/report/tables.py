@@ -1,0 +1,228 @@
+"""Numbers into text: formatting, results.json/results.csv, and the report's metric tables.
+
+What a table shows about a metric (its label, which way is better, its group, whether it is a
+headline) comes from :mod:`pyro_vae.evaluation.metrics`; nothing here names a metric except the
+Pareto-k warnings, which are about that diagnostic.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import fields
+from typing import Any, Sequence
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.evaluation.metrics import GROUPS, METRICS, direction, flat_metrics, metric
+from pyro_vae.report.document import Block, Cell, Paragraph, Table
+from pyro_vae.study.statistics import Summary, badness, summarize
+
+__all__ = ["CONFIG_COLUMNS", "CONFIG_EXCLUDED", "VARIANT_COLUMNS", "PARETO_WARN", "DASH", "fmt", "fmt_pm",
+           "fmt_signed", "fmt_value", "direction_text", "json_safe", "result_row", "ordered_metrics", "csv_text",
+           "comparison_table", "all_metrics_tables"]
+
+PARETO_WARN = 0.1  # share of images with Pareto k > 0.7 above which the IS estimate is flagged
+DASH = "—"
+
+# TrainConfig fields without a results.csv column, and why. Every other field gets one, in field order.
+CONFIG_EXCLUDED = {
+    "seed": "results.csv has its own seed column, next to the variant",
+    "data_dir": "a path on the machine that trained; the report's data section gives origin and file hashes",
+    "device": "where a run trained, not what it trained",
+    "guide_options": "a table, not a CSV cell: shown as JSON in the report's variants table (VARIANT_COLUMNS)",
+    "prior_options": "as guide_options",
+    "objective_options": "as guide_options",
+}
+CONFIG_COLUMNS = [f.name for f in fields(TrainConfig) if f.name not in CONFIG_EXCLUDED]
+# What may distinguish variants in the report's "What distinguishes the variants" table.
+VARIANT_COLUMNS = CONFIG_COLUMNS + [k for k in CONFIG_EXCLUDED if k.endswith("_options")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting numbers
+
+
+def fmt(x: Any) -> str:
+    if x is None:
+        return DASH
+    if isinstance(x, bool) or isinstance(x, str):
+        return str(x)
+    x = float(x)
+    if math.isnan(x):
+        return DASH
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    if x == 0:
+        return "0"
+    if x == round(x) and abs(x) < 1e5:
+        return str(int(x)).replace("-", "−")
+    a = abs(x)
+    if a >= 1e5 or a < 1e-3:
+        return f"{x:.3g}".replace("-", "−")
+    decimals = max(0, 3 - math.floor(math.log10(a)))
+    return f"{x:.{decimals}f}".replace("-", "−")
+
+
+def fmt_pm(s: Summary | None) -> str:
+    """mean ± sd with the mean rounded to the sd's second significant digit."""
+    if s is None or s.n == 0:
+        return DASH
+    if s.n == 1 or not math.isfinite(s.std) or s.std == 0 or not math.isfinite(s.mean):
+        return fmt(s.mean)
+    decimals = min(max(0, 1 - math.floor(math.log10(s.std))), 6)
+    if abs(s.mean) >= 1e5:
+        return f"{fmt(s.mean)} ± {s.std:.2g}".replace("-", "−")
+    return f"{s.mean:.{decimals}f} ± {s.std:.{decimals}f}".replace("-", "−")
+
+
+def fmt_signed(x: float) -> str:
+    if not isinstance(x, (int, float)) or math.isnan(x):
+        return DASH
+    return ("+" if x > 0 else "") + fmt(x)
+
+
+def fmt_value(v: Any) -> str:
+    """A config value in a table cell."""
+    if isinstance(v, dict):
+        return json.dumps(v)
+    return fmt(v) if _scalar(v) else str(v)
+
+
+def direction_text(better: str | None, target: float | None) -> str:
+    if better == "target":
+        return f"closer to {target:.4g}"
+    return {"lower": "lower", "higher": "higher"}.get(better, "")
+
+
+def _best(summaries: dict[str, Summary | None], better: str | None, target: float | None) -> set[str]:
+    """Variants with the best mean (direction-aware); empty unless at least two have a value."""
+    if better is None:
+        return set()
+    scores = {}
+    for v, s in summaries.items():
+        if s is not None and s.n and not math.isnan(s.mean):
+            scores[v] = float(badness([s.mean], better, target)[0])
+    if len(scores) < 2:
+        return set()
+    best = min(scores.values())
+    return {v for v, sc in scores.items() if sc == best}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows: from the run folders to results.json and results.csv
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def json_safe(obj: Any) -> Any:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (strict JSON has no such numbers)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def result_row(row: dict) -> dict:
+    """One results.json entry from one `collect` row."""
+    metrics = row["metrics"]
+    last = metrics[-1] if metrics else {}
+    return {
+        "variant": row["variant"], "seed": row["seed"], "run": row["run"], "config": row["config"],
+        "data": row["data"], "versions": row["versions"],
+        "final_train_elbo": last.get("train_elbo"), "final_test_elbo": last.get("test_elbo"),
+        "train_seconds": float(sum(m.get("epoch_seconds", 0.0) for m in metrics)),
+        "evaluation": row["evaluation"], "training_curve": metrics,
+    }
+
+
+def ordered_metrics(names: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """(group, keys) in the metric table's order; keys the table lacks go last, as bookkeeping."""
+    names = list(dict.fromkeys(names))
+    known = [k for k in METRICS if k in names] + [k for k in names if k not in METRICS]
+    groups = [(g, [k for k in known if metric(k).group == g]) for g in GROUPS]
+    return [(g, keys) for g, keys in groups if keys]
+
+
+def csv_text(results: list[dict], metric_names: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    extra = ["data_origin", "train_count", "test_count"]
+    writer.writerow(["variant", "seed", "run"] + CONFIG_COLUMNS + extra + metric_names)
+    for r in results:
+        flat = flat_metrics(r)
+        cfg, data = r["config"], r["data"]
+        writer.writerow([r["variant"], r["seed"], r["run"]]
+                        + ["" if cfg.get(k) is None else cfg.get(k) for k in CONFIG_COLUMNS]
+                        + [data.get("origin", ""), data.get("train_count", ""), data.get("test_count", "")]
+                        + [repr(flat[m]) if m in flat else "" for m in metric_names])
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# The metric tables of the report
+
+
+def _head(key: str, ctx: dict) -> str:
+    better, target = direction(key, ctx["n_classes"], ctx["n_codes"], ctx["latent_dim"])
+    arrow = {"higher": " ↑", "lower": " ↓"}.get(better, f" → {target:.4g}" if better == "target" else "")
+    return metric(key).label + arrow
+
+
+def _pareto_warnings(variants: list[str], values: dict, summaries: dict) -> list[Block]:
+    warnings = []
+    for v in variants:
+        s = summaries.get("pareto_k_share_above_0_7", {}).get(v)
+        if s is not None and s.n and s.mean > PARETO_WARN:
+            warnings.append(Paragraph(
+                f"{v}: {s.mean:.0%} of the test images have a PSIS Pareto k above 0.7 (mean over seeds), so the "
+                f"importance-sampling estimate log p(x) IS is untrustworthy for them"
+                + (" (use the exact 2-D value)." if "log_px_exact" in values[v] else "; treat it as a rough lower bound."),
+                "warning"))
+    for v in variants:
+        if "log_px_is" in values[v] and not summarize(values[v].get("pareto_k_median", [])).n:
+            warnings.append(Paragraph(
+                f"{v}: no PSIS Pareto k could be fitted (too few importance samples per image; ArviZ needs at least "
+                f"25), so the share of images with k > 0.7 is untested, not zero; the IS estimate is unchecked.",
+                "warning"))
+    return warnings
+
+
+def comparison_table(variants: list[str], values: dict, context: dict) -> tuple[Table | None, list[Block]]:
+    """The headline metrics of every variant side by side, and warnings about the IS estimates."""
+    headline = sorted((m for m in METRICS.values() if m.headline), key=lambda m: m.headline)
+    columns = [m.key for m in headline if any(m.key in values[v] for v in variants)]
+    if not columns:
+        return None, []
+    summaries = {c: {v: summarize(values[v][c]) if c in values[v] else None for v in variants} for c in columns}
+    ctx = context[variants[0]]
+    best = {c: _best(summaries[c], *direction(c, ctx["n_classes"], ctx["n_codes"], ctx["latent_dim"])) for c in columns}
+    rows = [[v, str(max(map(len, values[v].values())))]  # runs of the variant: one value per run and metric
+            + [Cell(fmt_pm(summaries[c][v]), v in best[c]) for c in columns] for v in variants]
+    header = ["variant", "seeds"] + [_head(c, ctx) for c in columns]
+    table = Table(header, rows, numeric=range(1, len(header)),
+                  caption="Mean ± sd over seeds; bold: best in the column (↑ higher, ↓ lower, → closer to the value); "
+                          f"{DASH}: not defined for that variant (no ELBO or IS estimate for deterministic guides).")
+    return table, _pareto_warnings(variants, values, summaries)
+
+
+def all_metrics_tables(variants: list[str], values: dict, context: dict) -> list[Block]:
+    """One table per metric group: every number of every variant, with its results.csv key."""
+    ctx = context[variants[0]]
+    blocks: list[Block] = []
+    for title, members in ordered_metrics([m for v in variants for m in values[v]]):
+        rows = []
+        for m in members:
+            summaries = {v: summarize(values[v][m]) if m in values[v] else None for v in variants}
+            better, target = direction(m, ctx["n_classes"], ctx["n_codes"], ctx["latent_dim"])
+            rows.append([metric(m).label, m, direction_text(better, target)]
+                        + [Cell(fmt_pm(summaries[v]), v in _best(summaries, better, target)) for v in variants])
+        blocks.append(Table(["metric", "key (results.csv)", "better"] + variants, rows, caption=title,
+                            numeric=range(3, 3 + len(variants))))
+    return blocks

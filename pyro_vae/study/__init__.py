@@ -1,0 +1,1 @@
+"""Studies: the study file (spec), running it (runner), and the claims its report judges (claims, statistics)."""
