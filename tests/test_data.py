@@ -184,3 +184,56 @@ def test_binarisations():
     assert torch.equal(fixed.train(x, 3, 1), fixed.train(x, 3, 7))
     assert torch.equal(data.BINARIZATIONS["none"].train(x, 0, 1), x)
     assert not torch.equal(dyn.test(x, 0), e1)
+
+
+def test_dynamic_binarisation_is_an_exact_bernoulli_per_pixel():
+    """Every grey level 0..255 as a pixel, drawn 4,000 times: each pixel's frequency of ones matches
+    level/255 within 5 binomial standard deviations (an off-by-one sampler, level/256, is outside
+    that bound at the top levels: 255 * 4000 / 256 is 15.6 ones short of 4000, the bound is 0)."""
+    levels = torch.arange(256, dtype=torch.float32) / 255
+    x = levels.repeat(4000, 1)
+    ones = data.BINARIZATIONS["dynamic"].train(x, 3, 1).sum(0)
+    p = levels.double()
+    expected, sd = 4000 * p, (4000 * p * (1 - p)).sqrt()
+    assert ((ones.double() - expected).abs() <= 5 * sd + 1e-9).all()
+    assert ones[0] == 0 and ones[255] == 4000
+
+
+def test_dynamic_binarisation_draws_of_different_epochs_are_independent():
+    p = 128 / 255
+    x = torch.full((2000, 784), p)
+    dyn = data.BINARIZATIONS["dynamic"]
+    a, b = dyn.train(x, 0, 1).flatten(), dyn.train(x, 0, 2).flatten()
+    # Under independence P(a=1, b=1) = p^2; with n = 1.57M draws its sd is 0.00035.
+    assert abs(float((a * b).mean()) - p * p) < 0.0015
+    assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.005
+    # and of different seeds, same epoch
+    c = dyn.train(x, 1, 1).flatten()
+    assert abs(float((a * c).mean()) - p * p) < 0.0015
+
+
+def test_binarisation_keeps_shape_dtype_and_device_and_is_reproducible():
+    x = torch.rand(37, 784)
+    for name in ("dynamic", "fixed"):
+        b = data.BINARIZATIONS[name]
+        out = b.train(x, 5, 2)
+        assert out.shape == x.shape and out.dtype == torch.float32 and torch.equal(out, b.train(x, 5, 2))
+        assert torch.equal(b.test(x, 5), b.test(x, 5)) and set(out.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_drawing_the_next_epoch_ahead_changes_no_number(tmp_path):
+    """Training draws epoch e+1's binarisation while epoch e runs; the result must equal a draw made
+    on the spot, so a run's numbers do not depend on the thread."""
+    from conftest import small_config
+
+    from pyro_vae.training.trainer import Trainer
+
+    cfg = small_config(epochs=3)
+    trainer = Trainer(cfg, tmp_path, data.load_data(cfg), log=lambda m: None)
+    first, order = trainer.inputs(1)
+    assert trainer.inputs.ahead is not None and trainer.inputs.ahead[0] == 2
+    second, _ = trainer.inputs(2)
+    assert torch.equal(second, trainer.binarization.train(trainer.train_x, cfg.seed, 2))
+    assert not torch.equal(first, second) and sorted(order.tolist()) == list(range(len(trainer.train_x)))
+    trainer.inputs(3)
+    assert trainer.inputs.ahead is None  # nothing is drawn past the last epoch

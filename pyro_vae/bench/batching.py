@@ -1,9 +1,5 @@
-"""How the Trainer feeds an epoch (binarise, shuffle, gather by index), and its cost on its own.
-
-`epoch_inputs` restates the first lines of Trainer.train_epoch because the Trainer has no method
-that returns an epoch's observations and order; the reference loop and the batching timer share
-this one copy so that both feed exactly what the Trainer feeds.
-"""
+"""What feeding an epoch costs the Trainer: waiting for the epoch's binarised images (drawn in the
+background during the previous epoch), and gathering its batches by index."""
 
 from __future__ import annotations
 
@@ -13,13 +9,7 @@ from collections.abc import Iterator
 import torch
 
 from pyro_vae.bench.timers import sync
-
-
-def epoch_inputs(binarization, train_x: torch.Tensor, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(observed images, order) of one epoch, drawn from the same seeds as Trainer.train_epoch."""
-    observed = binarization.train(train_x, seed, epoch)
-    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return observed, order.to(train_x.device)
+from pyro_vae.training.batches import epoch_order
 
 
 def batches(observed: torch.Tensor, order: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
@@ -27,18 +17,20 @@ def batches(observed: torch.Tensor, order: torch.Tensor, size: int) -> Iterator[
         yield observed[order[start : start + size]]
 
 
-def batching_epoch(trainer) -> tuple[float, float]:
-    """(binarise + order seconds, gather seconds) of the Trainer's next epoch's batching, on its own."""
-    device = trainer.device
+def batching_epoch(trainer) -> tuple[float, float, float]:
+    """(seconds the Trainer's last epoch waited for its inputs, seconds of one binarisation draw made
+    on the spot (off the critical path when drawn ahead), seconds of the epoch's batch gathers)."""
+    device, epoch = trainer.device, trainer.epoch + 1
     sync(device)
     t0 = time.perf_counter()
-    observed, order = epoch_inputs(trainer.binarization, trainer.train_x, trainer.cfg.seed, trainer.epoch + 1)
+    observed = trainer.inputs.draw(epoch)
+    order = epoch_order(len(trainer.train_x), trainer.cfg.seed, epoch, device)
     sync(device)
     t1 = time.perf_counter()
     for _ in batches(observed, order, trainer.cfg.batch_size):
         pass
     sync(device)
-    return t1 - t0, time.perf_counter() - t1
+    return trainer.input_seconds, t1 - t0, time.perf_counter() - t1
 
 
 def dataloader_epoch(trainer) -> float:
@@ -46,7 +38,7 @@ def dataloader_epoch(trainer) -> float:
     from torch.utils.data import DataLoader, TensorDataset
 
     cfg = trainer.cfg
-    observed = trainer.binarization.train(trainer.train_x, cfg.seed, trainer.epoch + 1)
+    observed = trainer.inputs.draw(trainer.epoch + 1)
     loader = DataLoader(TensorDataset(observed), batch_size=cfg.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
     started = time.perf_counter()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.bench.batching import batches, epoch_inputs
+from pyro_vae.bench.batching import batches
+from pyro_vae.training.batches import EpochInputs
 from pyro_vae.components.guides import MIN_SCALE
 from pyro_vae.components.networks import NETWORKS
 from pyro_vae.training.trainer import build_optimizer
@@ -42,6 +45,7 @@ class Reference:
         self.decoder = network.decoder(cfg.latent_dim, cfg.hidden_dim).to(device)
         self.optimizer = build_optimizer(list(self.encoder.parameters()) + list(self.decoder.parameters()), cfg.lr, device)
         self.epoch = 0
+        self.inputs: EpochInputs | None = None
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         h = self.encoder(x)
@@ -59,11 +63,14 @@ class Reference:
         return reconstruction + latent
 
     def train_epoch(self, train_x: torch.Tensor, binarization) -> float:
-        """One epoch as Trainer.train_epoch runs it: same binarisation and order, index batching."""
+        """One epoch as Trainer.train_epoch runs it: same binarisation (drawn ahead the same way) and
+        order, index batching."""
+        if self.inputs is None or self.inputs.x is not train_x:
+            self.inputs = EpochInputs(binarization, train_x, self.seed, last_epoch=math.inf)
         epoch = self.epoch + 1
         total = torch.zeros((), dtype=torch.float64, device=train_x.device)
         optimizer = self.optimizer
-        for batch in batches(*epoch_inputs(binarization, train_x, self.seed, epoch), self.batch_size):
+        for batch in batches(*self.inputs(epoch), self.batch_size):
             loss = self.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

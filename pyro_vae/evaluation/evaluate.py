@@ -26,9 +26,14 @@ from pyro_vae.evaluation.classifier import (
     load_or_train_classifier,
     sample_quality,
 )
-from pyro_vae.evaluation.grid import density_grid_points, grid_log_likelihood, manifold_codes
+from pyro_vae.evaluation.grid import (
+    density_grid_points,
+    grid_log_likelihood,
+    manifold_codes,
+)
 from pyro_vae.io import atomic_write_bytes, atomic_write_json, read_json, seeded
 from pyro_vae.training import runs
+from pyro_vae.training.numerics import flush_denormals
 from pyro_vae.training.runs import Run, load_run
 
 EVALUATION_ARRAYS = "evaluation.npz"
@@ -99,7 +104,13 @@ def manifold_axis(codes: torch.Tensor, deterministic: bool) -> np.ndarray:
 
 def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scorer: Scorer | None = None,
                  data: Data | None = None, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
-    settings = settings or EvalSettings()
+    """Evaluate a run (with denormals flushed, as it was trained) and write evaluation.json/.npz."""
+    with flush_denormals():
+        return _evaluate_run(run_dir, settings or EvalSettings(), scorer, data, log)
+
+
+def _evaluate_run(run_dir: str | Path, settings: EvalSettings, scorer: Scorer | None, data: Data | None,
+                  log: Callable[[str], None]) -> dict:
     started = time.perf_counter()
     run: Run = load_run(run_dir)
     cfg, vae = run.config, run.vae

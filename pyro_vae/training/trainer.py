@@ -14,14 +14,16 @@ import torch
 from tqdm import tqdm
 
 from pyro_vae import data as data_mod
-from pyro_vae.data import load_data
 from pyro_vae.components.objectives import OBJECTIVES
 from pyro_vae.config import TrainConfig
+from pyro_vae.data import load_data
 from pyro_vae.errors import DivergedError, UserError
 from pyro_vae.io import atomic_write_json, log_to_stderr, seeded
 from pyro_vae.model import VAE, build_vae
 from pyro_vae.training import runs
+from pyro_vae.training.batches import EpochInputs
 from pyro_vae.training.compiled import CompiledLoss, jit_wanted
+from pyro_vae.training.numerics import flush_denormals
 
 EVAL_BATCH = 1000
 # The loop keeps each step's loss as a tensor and looks at them every CHECK_EVERY steps (and at the
@@ -71,6 +73,7 @@ class Trainer:
         self.train_x = dataset.train_x.to(self.device)
         self.test_obs = self.binarization.test(dataset.test_x.to(self.device), cfg.seed)
         self.epoch = 0
+        self.inputs = EpochInputs(self.binarization, self.train_x, cfg.seed, cfg.epochs)
 
     def restore(self, state: dict) -> None:
         self.vae.load_state_dict(state["model"])
@@ -111,8 +114,9 @@ class Trainer:
         cfg, n = self.cfg, len(self.train_x)
         epoch = self.epoch + 1
         self.vae.beta = self.beta_at(epoch)
-        observed = self.binarization.train(self.train_x, cfg.seed, epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(self.device)
+        started = time.perf_counter()
+        observed, order = self.inputs(epoch)
+        self.input_seconds = time.perf_counter() - started  # what the epoch waited for its inputs (the bench reads it)
         optimizer, size = self.optimizer, cfg.batch_size
         dtype = self.train_x.dtype if observed.dtype != self.train_x.dtype else None  # e.g. uint8 observations
         total = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -151,6 +155,10 @@ class Trainer:
         return values.sum(dtype=torch.float64)
 
     def fit(self, progress: bool = True) -> list[dict]:
+        with flush_denormals():
+            return self._fit(progress)
+
+    def _fit(self, progress: bool) -> list[dict]:
         lines = []
         while self.epoch < self.cfg.epochs:
             started = time.perf_counter()

@@ -60,7 +60,7 @@ def test_quick_bench_writes_the_table_and_json(tmp_path, capsys):
                  "--eval-images", "60", "--num-samples", "30", "--json", str(out), "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "train vae: project/reference" in printed and "batching: binarise+gather" in printed and "eval grid" in printed
+    assert "train vae: project/reference" in printed and "batching: wait+gather" in printed and "batching: one binarisation draw" in printed and "eval grid" in printed
     report = json.loads(out.read_text())
     assert {"meta", "train", "batching", "eval", "study", "table"} <= set(report)
     assert report["study"] is None and report["meta"]["device"] == "cpu" and report["meta"]["threads"] == 1
@@ -74,6 +74,7 @@ def test_quick_bench_writes_the_table_and_json(tmp_path, capsys):
     assert report["train"]["vae"]["target"] == pytest.approx(1.10) and isinstance(report["train"]["vae"]["met"], bool)
     b = report["batching"]
     assert b["total"]["median"] > 0 and 0 < b["share"] < 1 and b["binarise"]["median"] > 0 and b["gather"]["median"] > 0
+    assert b["wait"]["median"] >= 0 and b["total"]["median"] == pytest.approx(b["wait"]["median"] + b["gather"]["median"], rel=0.5)
     e = report["eval"]
     assert e["images"] == 60 and e["num_samples"] == 30 and not e["targets_apply"]
     assert e["importance"]["median"] > 0 and math.isfinite(e["importance"]["mean_log_px"]) and e["importance"]["mean_log_px"] < 0

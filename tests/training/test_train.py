@@ -201,3 +201,27 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
 def test_kl_annealing_raises_beta_linearly(tmp_path):
     run = train(small_config(epochs=4, beta_warmup_epochs=3, beta=0.5), tmp_path / "run", progress=False, log=quiet)
     assert [m["beta"] for m in runs.read_metrics(run)] == [0.5 / 3, 0.5 * 2 / 3, 0.5, 0.5]
+
+
+def test_flushing_denormals_changes_no_loss_or_gradient_on_a_fixed_batch(mnist_small):
+    import pyro
+
+    from pyro_vae.model import build_vae
+    from pyro_vae.training.numerics import flush_denormals
+
+    cfg = small_config()
+    x = torch.bernoulli(mnist_small.train_x[:200], generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grads():
+        pyro.set_rng_seed(0)
+        vae = build_vae(cfg)
+        loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+        return loss.detach(), [g.clone() for g in torch.autograd.grad(loss, list(vae.parameters()))]
+
+    plain_loss, plain_grads = loss_and_grads()
+    with flush_denormals():
+        flushed_loss, flushed_grads = loss_and_grads()
+        assert torch.tensor(1e-40) * 1 == 0  # the setting is on inside the block
+    assert torch.tensor(1e-40) * 1 != 0  # and off again after it
+    assert torch.equal(plain_loss, flushed_loss)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-30) for a, b in zip(plain_grads, flushed_grads))
