@@ -72,6 +72,8 @@ class Options:
                                 nargs="?", const="studies/ae_vs_vae.toml", metavar="STUDY_TOML")
     study_out: str | None = _option(None, "folder for the study's runs (default: a temporary folder, removed afterwards)")
     study_timeout: float = _option(2 * TARGET_STUDY_SECONDS, "stop the study after this many seconds (default 1800)", type=float)
+    peers: bool = _option(False, "also time Pyro's VAE example loop and pythae's trainer (when installed) on the same "
+                          "data and network, and compare test ELBOs", action="store_true")
     quick: bool = _option(False, "small sizes for a smoke test: 2000 images, 2 repeats, 200 test images, K=100", action="store_true")
     json: str | None = _option(None, "also write every number as JSON to FILE", metavar="FILE")
     quiet: bool = _option(False, "no progress lines on stderr", action="store_true")

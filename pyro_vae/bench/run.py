@@ -54,16 +54,20 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
         log = (lambda m: None) if opts.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    report: dict = {"meta": _meta(opts), "train": {}, "batching": None, "eval": None, "study": None}
+    report: dict = {"meta": _meta(opts), "train": {}, "batching": None, "peers": None, "eval": None, "study": None}
     started = time.perf_counter()
     trainer = None
-    if opts.variants or (opts.eval and not opts.run_dir):
+    if opts.variants or opts.peers or (opts.eval and not opts.run_dir):
         cfg = train_config(opts, VARIANTS["vae"], opts.train_images)
         cfg.test_limit = opts.eval_images
         data = load_data(cfg)
         report["meta"]["data"] = {k: data.provenance.get(k) for k in ("dataset", "origin", "train_count", "test_count", "split")}
         if opts.variants:
             report["train"], report["batching"], trainer = bench_training(opts, data, log)
+        if opts.peers:
+            from pyro_vae.bench.peers import bench_peers
+
+            report["peers"] = bench_peers(opts, data, log)
     if opts.eval:
         vae, test_obs, source = eval_model(opts, trainer, log)
         report["eval"] = bench_eval(opts, vae, test_obs, source, log)

@@ -57,6 +57,16 @@ def table_rows(report: dict) -> list[dict]:
             d = b["dataloader"]
             row("batching: torch DataLoader / epoch", _fmt_s(d["median"]), _spread(d), f"{100 * d['median'] / b['project_epoch_seconds']:.1f}%",
                 "", None, "for comparison: gathers of the binarised tensor via DataLoader(TensorDataset, shuffle=True)")
+    peers = report.get("peers")
+    if peers:
+        ours = peers["sides"]["pyro-vae"]["test_elbo"]
+        for name, s in peers["sides"].items():
+            faster, better = s["ratio"] < 1, s["test_elbo"] > ours + peers["elbo_tolerance"]
+            row(f"peer {name}: epoch", _fmt_s(s["epoch"]["median"]), _spread(s["epoch"]), f"{s['ratio']:.2f}x",
+                "-" if name == "pyro-vae" else ">= 1x, ELBO not better", None if name == "pyro-vae" else not (faster or better),
+                f"test ELBO {s['test_elbo']:.2f} after {peers['epochs']} epochs; {s['note']}")
+        for name, why in peers["skipped"].items():
+            row(f"peer {name}", note=f"skipped: {why}")
     e = report.get("eval")
     if e:
         at_full = "" if e["targets_apply"] else " @10k"

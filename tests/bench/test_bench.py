@@ -148,3 +148,37 @@ def test_study_item_measures_the_child_process(tmp_path):
     assert (tmp_path / "runs" / "VAE" / "seed-0" / "checkpoint.pt").exists()
     rows = table_rows({"study": result})
     assert [r["item"] for r in rows] == ["study: wall time", "study: peak memory (max RSS)"]
+
+
+@pytest.mark.slow
+def test_peers_train_the_same_network_on_the_same_data_and_report_ratios_and_elbos(tmp_path, capsys):
+    out = tmp_path / "peers.json"
+    code = main(["bench", "--variants", "", "--no-eval", "--peers", "--train-images", "600", "--repeats", "1",
+                 "--threads", "1", "--json", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "peer pyro-example: epoch" in printed
+    peers = json.loads(out.read_text())["peers"]
+    assert peers["epochs"] == 2 and peers["images"] == 600
+    sides = peers["sides"]
+    assert {"pyro-vae", "pyro-example"} <= set(sides) and sides["pyro-vae"]["ratio"] == 1.0
+    for name, s in sides.items():
+        assert s["epoch"]["median"] > 0 and s["ratio"] > 0, name
+        # two epochs on 600 images: well above an untrained model's ELBO (about -550) and below 0
+        assert -400 < s["test_elbo"] < 0, (name, s["test_elbo"])
+    assert ("pythae" in sides) != ("pythae" in peers["skipped"])
+
+
+def test_the_common_test_elbo_is_the_analytic_elbo():
+    """On a model small enough to check by hand: one image, a known Gaussian posterior, a decoder with
+    constant logits; the estimator must give log-likelihood minus the closed-form KL."""
+    import torch
+
+    from pyro_vae.bench.peers import test_elbo
+
+    x = torch.tensor([[1.0, 0.0, 1.0]])
+    loc, scale = torch.tensor([[0.5, -1.0]]), torch.tensor([[0.3, 2.0]])
+    logits = torch.tensor([0.2, -0.4, 1.0])
+    got = test_elbo(lambda xb: (loc, scale), lambda z: logits.expand(*z.shape[:-1], 3), x)
+    kl = float(0.5 * (scale**2 + loc**2 - 1).sum() - scale.log().sum())
+    loglik = float(-torch.nn.functional.binary_cross_entropy_with_logits(logits, x[0], reduction="sum"))
+    assert got == pytest.approx(loglik - kl, abs=1e-5)
