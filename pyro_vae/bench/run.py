@@ -54,7 +54,8 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
         log = (lambda m: None) if opts.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    report: dict = {"meta": _meta(opts), "train": {}, "batching": None, "peers": None, "eval": None, "study": None}
+    report: dict = {"meta": _meta(opts), "train": {}, "batching": None, "peers": None, "twin": None, "eval": None,
+                    "study": None}
     started = time.perf_counter()
     trainer = None
     if opts.variants or opts.peers or (opts.eval and not opts.run_dir):
@@ -72,6 +73,10 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
         vae, test_obs, source = eval_model(opts, trainer, log)
         report["eval"] = bench_eval(opts, vae, test_obs, source, log)
     del trainer  # its model and data are not needed while the study runs
+    if opts.twin:
+        from pyro_vae.bench.twin import bench_twin
+
+        report["twin"] = bench_twin(opts, log)
     if opts.study:
         report["study"] = bench_study(opts, log)
     report["meta"]["seconds"] = time.perf_counter() - started

@@ -67,6 +67,12 @@ def table_rows(report: dict) -> list[dict]:
                 f"test ELBO {s['test_elbo']:.2f} after {peers['epochs']} epochs; {s['note']}")
         for name, why in peers["skipped"].items():
             row(f"peer {name}", note=f"skipped: {why}")
+    twin = report.get("twin")
+    if twin:
+        for dataset, s in twin["summary"].items():
+            row(f"twin {dataset}: project - twin test ELBO", f"{s['mean_difference']:+.2f}", "", "",
+                f"|mean| <= {twin['target_nats']}", s["met"],
+                f"{s['project']:.2f} vs {s['twin']:.2f} nats/image, mean of {s['seeds']} seeds")
     e = report.get("eval")
     if e:
         at_full = "" if e["targets_apply"] else " @10k"

@@ -182,3 +182,22 @@ def test_the_common_test_elbo_is_the_analytic_elbo():
     kl = float(0.5 * (scale**2 + loc**2 - 1).sum() - scale.log().sum())
     loglik = float(-torch.nn.functional.binary_cross_entropy_with_logits(logits, x[0], reduction="sum"))
     assert got == pytest.approx(loglik - kl, abs=1e-5)
+
+
+def test_the_twin_trains_beside_the_project_and_lands_near_it(tmp_path, capsys):
+    out = tmp_path / "twin.json"
+    code = main(["bench", "--variants", "", "--no-eval", "--twin", "--twin-epochs", "2", "--twin-seeds", "0,1",
+                 "--twin-datasets", "mnist", "--train-images", "600", "--threads", "1", "--json", str(out), "--quiet"])
+    assert code == 0 and "twin mnist: project - twin test ELBO" in capsys.readouterr().out
+    twin = json.loads(out.read_text())["twin"]
+    assert [(r["dataset"], r["seed"], r["epochs"]) for r in twin["rows"]] == [("mnist", 0, 2), ("mnist", 1, 2)]
+    for r in twin["rows"]:
+        # the same start, data and optimiser: after 2 short epochs the two differ by gradient noise only
+        assert -400 < r["project"] < 0 and abs(r["difference"]) < 5, r
+    s = twin["summary"]["mnist"]
+    assert s["seeds"] == 2 and s["met"] == (abs(s["mean_difference"]) <= 0.5)
+
+
+def test_twin_options_are_checked():
+    assert main(["bench", "--twin", "--twin-seeds", "x"]) == 2
+    assert main(["bench", "--twin", "--twin-datasets", "cifar", "--variants", "", "--no-eval"]) == 2
