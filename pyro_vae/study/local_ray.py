@@ -1,7 +1,7 @@
 """A real Ray cluster of several nodes on this machine: for the tests and the bench.
 
-Each node is a `ray start --block` in its own process group (session), so stopping the cluster ends
-exactly its processes and no other Ray on the machine. Ray 2.x replaces 127.0.0.1 by the machine's
+Each node is a blocking `ray start` in its own process group (session), so stopping the cluster ends
+exactly its processes and no other Ray on the machine. Ray 2.x replaces a node address of 127.0.0.1 by the machine's
 own address (its one switch against that, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, refuses a second
 node), so the nodes listen on that address: run this only on a machine whose network you trust.
 """
@@ -19,6 +19,12 @@ import time
 from pathlib import Path
 
 STARTED = "Ray runtime started"
+
+
+def _options(**options) -> list[str]:
+    """`ray start`'s command-line options from keywords (True: a switch)."""
+    return [item for key, value in options.items()
+            for item in ["-" + "-" + key.replace("_", "-")] + ([] if value is True else [str(value)])]
 
 
 def free_port() -> int:
@@ -42,8 +48,9 @@ class LocalCluster:
 
     def _start(self, args: list[str]) -> None:
         ray = str(Path(sys.executable).with_name("ray"))
-        cmd = [ray if os.path.exists(ray) else "ray", "start", "--block", "--num-cpus", str(self.cpus), "--object-store-memory", str(80 * 2**20), "--disable-usage-stats",
-               "--dashboard-agent-listen-port", str(free_port()), *args]
+        cmd = [ray if os.path.exists(ray) else "ray", "start", *_options(
+            block=True, num_cpus=self.cpus, object_store_memory=80 * 2**20, disable_usage_stats=True,
+            dashboard_agent_listen_port=free_port()), *args]
         log = open(self.temp / f"node-{len(self.procs)}.log", "w+")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         self.procs.append(proc)
@@ -55,10 +62,10 @@ class LocalCluster:
 
     def __enter__(self) -> "LocalCluster":
         try:
-            self._start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port), "--include-dashboard", "false",
-                         "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.temp)])
+            self._start(_options(head=True, node_ip_address="127.0.0.1", port=self.port, include_dashboard="false",
+                                 ray_client_server_port=free_port(), temp_dir=self.temp))
             for _ in range(self.nodes - 1):
-                self._start(["--address", self.address])
+                self._start(_options(address=self.address))
         except BaseException:
             self.stop()
             raise

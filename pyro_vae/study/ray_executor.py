@@ -43,7 +43,7 @@ class RayExecutor:
                      configure_logging=True)
         except ConnectionError as e:
             raise UserError(f"cannot reach a Ray cluster at {address} ({str(e).splitlines()[0]}); give the address "
-                            "`ray start --head` printed, or --ray alone for a local one") from None
+                            "the head node printed when `ray start` began, or --ray alone for a local one") from None
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         if not any(n.get("CPU", 0) >= self.cpus and n.get("GPU", 0) >= self.gpus for n in nodes):
             ray.shutdown()
