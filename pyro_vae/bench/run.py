@@ -45,7 +45,7 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
     import torch
 
     from pyro_vae.bench.likelihood import bench_eval, eval_model
-    from pyro_vae.bench.study import bench_study
+    from pyro_vae.bench.study import bench_study_modes
     from pyro_vae.bench.tables import table_rows
     from pyro_vae.bench.throughput import bench_training, train_config
     from pyro_vae.data import load_data
@@ -78,7 +78,7 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
 
         report["twin"] = bench_twin(opts, log)
     if opts.study:
-        report["study"] = bench_study(opts, log)
+        report["study"] = bench_study_modes(opts, log)
     report["meta"]["seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):
         report["meta"]["loadavg_end"] = os.getloadavg()

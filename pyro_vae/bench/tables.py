@@ -97,9 +97,18 @@ def table_rows(report: dict) -> list[dict]:
                 f"sampling alone {s['sampling_ratio']:.1f}x; IS - grid = {e['is_minus_grid_nats']:+.2f} nats")
     s = report.get("study")
     if s:
-        row("study: wall time", _fmt_s(s["wall_seconds"]), "", "", f"<= {TARGET_STUDY_SECONDS / 60:.0f} min", s["met_time"],
-            f"{s['study']}, exit {s['returncode']}" + (", timed out" if s["timed_out"] else ""))
-        row("study: peak memory (max RSS)", f"{s['peak_rss_bytes'] / 2**30:.2f} GB", "", "", f"< {TARGET_STUDY_BYTES / 2**30:.0f} GB", s["met_memory"])
+        for mode, m in s["modes"].items():
+            row(f"study --{mode}: wall time", _fmt_s(m["wall_seconds"]), "", "", f"<= {TARGET_STUDY_SECONDS / 60:.0f} min" if mode == "workers 1" else "",
+                m["met_time"] if mode == "workers 1" else None,
+                f"{m['study']}, exit {m['returncode']}" + (", timed out" if m["timed_out"] else "") + f", driver peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GB")
+        first = s["modes"]["workers 1"]
+        row("study: peak memory (max RSS)", f"{first['peak_rss_bytes'] / 2**30:.2f} GB", "", "", f"< {TARGET_STUDY_BYTES / 2**30:.0f} GB", first["met_memory"], "--workers 1")
+        row("study: --workers 2 speed-up", "", "", f"{s['speedup_workers_2']:.2f}x", "", None, "wall time of --workers 1 / --workers 2")
+        row("study: Ray overhead per run", _fmt_s(s["ray_overhead_per_run"]), "", "", "", None,
+            f"(ray - workers 2) x 2 slots / {s['runs']} runs; a run takes {_fmt_s(s['run_slot_seconds'])} of a 1-thread slot")
+        for workers, seconds in s["projection"].items():
+            row(f"study: {s['grid_runs']} runs on {workers} two-core workers", _fmt_s(seconds), "", "", "", None,
+                "projected: waves of 2 runs per worker x (run + Ray overhead)")
     return rows
 
 
