@@ -31,7 +31,7 @@ from pyro_vae.study.statistics import (
     METHOD,
     NOT_JUDGED,
     Summary,
-    Test,
+    Judgement,
     against_target,
     compare,
     decide,
@@ -39,7 +39,7 @@ from pyro_vae.study.statistics import (
     summarize,
 )
 
-__all__ = ["TestSpec", "ClaimSpec", "Claim", "parse_claims", "judge_claims", "CLAIM_RULE", "MIN_SEEDS",
+__all__ = ["ClaimTest", "ClaimSpec", "Claim", "parse_claims", "judge_claims", "CLAIM_RULE", "MIN_SEEDS",
            "HOLDS", "FAILS", "INCONCLUSIVE", "NOT_JUDGED"]
 
 MIN_SEEDS = 3  # paired seeds a claim needs by default: with 2, Student's t has one degree of freedom
@@ -60,7 +60,7 @@ AGAINST = ("baseline", "target")
 
 
 @dataclass(frozen=True)
-class TestSpec:
+class ClaimTest:
     metric: str
     against: str = "baseline"  # "baseline": candidate vs baseline, paired by seed; "target": vs the ideal value
     tolerance: float = 0.0  # target tests: how far from the target still counts as on it
@@ -72,14 +72,14 @@ class ClaimSpec:
     key: str
     title: str
     text: str
-    primary: TestSpec
-    secondary: list[TestSpec]
+    primary: ClaimTest
+    secondary: list[ClaimTest]
     baseline: str | None
     candidate: str
     min_seeds: int = MIN_SEEDS
 
     @property
-    def tests(self) -> list[TestSpec]:
+    def tests(self) -> list[ClaimTest]:
         return [self.primary] + self.secondary
 
 
@@ -107,7 +107,7 @@ def _check_text(text, where: str) -> str:
     return text
 
 
-def _parse_test(entry, where: str) -> TestSpec:
+def _parse_test(entry, where: str) -> ClaimTest:
     table = {"metric": entry} if isinstance(entry, str) else entry
     if not isinstance(table, dict) or set(table) - {"metric", "against", "tolerance"} or "metric" not in table:
         raise UserError(f"{where} must be a metric key or a table {{ metric = \"KEY\", against = \"target\", "
@@ -128,7 +128,7 @@ def _parse_test(entry, where: str) -> TestSpec:
                         f"in advance (how far from the target still counts as on it)")
     if against == "baseline" and tolerance is not None:
         raise UserError(f"tolerance in {where} applies only to against = \"target\"")
-    return TestSpec(key, against, float(tolerance or 0.0))
+    return ClaimTest(key, against, float(tolerance or 0.0))
 
 
 def _parse_claim(name: str, table, variants: Sequence[str], compare_table: dict, source: str) -> ClaimSpec:
@@ -182,12 +182,12 @@ def parse_claims(tables: dict, variants: Sequence[str], compare: dict, source: s
 class Row:
     """One test of a claim, judged."""
     role: str  # "primary" or "secondary"
-    spec: TestSpec
+    spec: ClaimTest
     better: str | None
     target: float | None  # the candidate's target (its own context)
     baseline: Summary | None
     candidate: Summary
-    test: Test
+    test: Judgement
     p_holm: float = float("nan")  # secondary tests only
     outcome: str = NOT_JUDGED
 
@@ -209,14 +209,14 @@ class Claim:
 Values = Mapping[str, Mapping[str, Mapping[int, float]]]  # variant -> metric -> seed -> value
 
 
-def _not_comparable(spec: TestSpec, sides: list[str], context: Mapping[str, dict]) -> str:
+def _not_comparable(spec: ClaimTest, sides: list[str], context: Mapping[str, dict]) -> str:
     for variant in sides:
         if not ranked(spec.metric, context.get(variant, {}).get("met")):
             return f"{variant}'s {metric(spec.metric).label} is not comparable ({metric(spec.metric).caveat})"
     return ""
 
 
-def _run_test(spec: TestSpec, claim: ClaimSpec, values: Values, context: Mapping[str, dict], role: str) -> Row:
+def _run_test(spec: ClaimTest, claim: ClaimSpec, values: Values, context: Mapping[str, dict], role: str) -> Row:
     def side(variant):
         ctx = context.get(variant, {})
         data = values.get(variant, {}).get(spec.metric, {})
@@ -231,7 +231,7 @@ def _run_test(spec: TestSpec, claim: ClaimSpec, values: Values, context: Mapping
     if not reason and better is None:
         reason = f"{metric(spec.metric).label} has no target without the code count and size"
     if reason:
-        test = Test("target" if spec.against == "target" else "comparison", NOT_JUDGED, 0, reason=reason)
+        test = Judgement("target" if spec.against == "target" else "comparison", NOT_JUDGED, 0, reason=reason)
     elif spec.against == "target":
         test = against_target(cand, target, spec.tolerance, claim.min_seeds)
     else:

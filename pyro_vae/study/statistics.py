@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["Summary", "summarize", "badness", "Test", "paired_improvements", "t_test", "compare", "against_target",
+__all__ = ["Summary", "summarize", "badness", "Judgement", "paired_improvements", "t_test", "compare", "against_target",
            "holm", "decide", "ALPHA", "HOLDS", "FAILS", "INCONCLUSIVE", "NOT_JUDGED", "OUTCOMES", "METHOD"]
 
 ALPHA = 0.05  # 95% intervals; a decision needs p < ALPHA (Holm-adjusted for secondary metrics)
@@ -67,7 +67,7 @@ def badness(values: Sequence[float], better: str, target: float | None) -> np.nd
 
 
 @dataclass
-class Test:
+class Judgement:
     """One test's result. ``estimate`` is the mean improvement (comparison) or mean minus target."""
     kind: str  # "comparison" or "target"
     outcome: str
@@ -99,7 +99,7 @@ def paired_improvements(baseline: Mapping[int, float], candidate: Mapping[int, f
         return {s: float(x) for s, x in zip(seeds, bb - bc)}, dropped
 
 
-def decide(test: Test, p: float | None = None) -> str:
+def decide(test: Judgement, p: float | None = None) -> str:
     """The outcome of a judged test at p (its own, or a Holm-adjusted one): decided when p < ALPHA."""
     p = test.p if p is None else p
     if not p < ALPHA:
@@ -109,20 +109,20 @@ def decide(test: Test, p: float | None = None) -> str:
     return HOLDS if abs(test.estimate) < test.tolerance else FAILS
 
 
-def t_test(samples: Sequence[float], kind: str, tolerance: float = 0.0, min_n: int = 2) -> Test:
+def t_test(samples: Sequence[float], kind: str, tolerance: float = 0.0, min_n: int = 2) -> Judgement:
     """Student's t on samples whose mean is tested against 0 (comparison) or within ±tolerance (target)."""
     x = np.asarray(samples, dtype=float)
     n = int(x.size)
     if n < max(min_n, 2):
-        return Test(kind, NOT_JUDGED, n, tolerance=tolerance,
+        return Judgement(kind, NOT_JUDGED, n, tolerance=tolerance,
                     reason=f"rests on {n} seed{'s' * (n != 1)}; needs at least {max(min_n, 2)}")
     if not np.isfinite(x).all():
         if np.isposinf(x).all() or np.isneginf(x).all():  # e.g. a collapsed code space: infinite KL on one side
             m = float(x[0])
-            test = Test(kind, NOT_JUDGED, n, m, m, m, 0.0, tolerance, "infinite on every seed")
+            test = Judgement(kind, NOT_JUDGED, n, m, m, m, 0.0, tolerance, "infinite on every seed")
             test.outcome = decide(test)
             return test
-        return Test(kind, NOT_JUDGED, n, tolerance=tolerance, reason="infinite values on some seeds only")
+        return Judgement(kind, NOT_JUDGED, n, tolerance=tolerance, reason="infinite values on some seeds only")
     m, df = float(x.mean()), n - 1
     # A floor on the standard error: seeds that agree to the last bit are no proof of a difference.
     se = max(float(x.std(ddof=1)) / math.sqrt(n), 1e-12 * (1.0 + abs(m)))
@@ -133,13 +133,13 @@ def t_test(samples: Sequence[float], kind: str, tolerance: float = 0.0, min_n: i
         p_in = 2 * stats.t.sf((tolerance - abs(m)) / se, df) if tolerance > 0 else 1.0
         p_out = 2 * stats.t.sf((abs(m) - tolerance) / se, df)
         p = float(min(p_in, p_out, 1.0))
-    test = Test(kind, INCONCLUSIVE, n, m, m - q * se, m + q * se, min(p, 1.0), tolerance)
+    test = Judgement(kind, INCONCLUSIVE, n, m, m - q * se, m + q * se, min(p, 1.0), tolerance)
     test.outcome = decide(test)
     return test
 
 
 def compare(baseline: Mapping[int, float], candidate: Mapping[int, float], better: str,
-            baseline_target: float | None = None, candidate_target: float | None = None, min_n: int = 2) -> Test:
+            baseline_target: float | None = None, candidate_target: float | None = None, min_n: int = 2) -> Judgement:
     """Candidate against baseline on one metric, paired by seed (see the module docstring)."""
     diffs, dropped = paired_improvements(baseline, candidate, better, baseline_target, candidate_target)
     test = t_test(list(diffs.values()), "comparison", min_n=min_n)
@@ -147,7 +147,7 @@ def compare(baseline: Mapping[int, float], candidate: Mapping[int, float], bette
     return test
 
 
-def against_target(values: Mapping[int, float], target: float, tolerance: float, min_n: int = 2) -> Test:
+def against_target(values: Mapping[int, float], target: float, tolerance: float, min_n: int = 2) -> Judgement:
     """One variant's per-seed values against the metric's target value, within ±tolerance."""
     x = _finite(values)
     return t_test([v - target for v in x.values()], "target", tolerance, min_n)
