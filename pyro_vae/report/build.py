@@ -75,7 +75,7 @@ def _annealing(results: list[dict]) -> list[Inline]:
         warmup = run["config"].get("beta_warmup_epochs") or 0
         betas = [m["beta"] for m in run["training_curve"] if "beta" in m][: warmup + 1]
         if warmup and betas:
-            items.append([f"KL annealing in {variant}: β per training epoch {', '.join(fmt(b) for b in betas)}"
+            items.append([f"KL annealing in {variant}: β per training epoch {', '.join(f'{b:g}' for b in betas)}"
                           + (", …" if len(run["training_curve"]) > len(betas) else "")
                           + f": β × e / {warmup} in epoch e ≤ {warmup}, so it starts at β/{warmup} in the first epoch, "
                           "not at 0."])

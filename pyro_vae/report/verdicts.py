@@ -11,7 +11,7 @@ from itertools import groupby
 
 from pyro_vae.evaluation.metrics import metric
 from pyro_vae.report.document import Block, Bullets, Cell, Heading, Inline, Paragraph, Table
-from pyro_vae.report.tables import DASH, fmt, fmt_pm, fmt_signed
+from pyro_vae.report.tables import DASH, fmt_pm, fmt_signed
 from pyro_vae.study.claims import CLAIM_RULE, Claim, Row
 from pyro_vae.study.statistics import FAILS, HOLDS, NOT_JUDGED
 
@@ -33,7 +33,7 @@ def _interval(row: Row) -> str:
 
 def _against(row: Row, claim: Claim) -> str:
     if row.spec.against == "target":
-        return f"target {fmt(row.target)} ± {fmt(row.spec.tolerance)}"
+        return f"target {row.target:.4g} ± {row.spec.tolerance:g}"
     return f"{claim.baseline}, paired by seed"
 
 
@@ -42,7 +42,7 @@ def primary_text(claim: Claim) -> str:
     row = claim.rows[0]
     t = row.test
     what = (f"{metric(row.spec.metric).label} of {claim.candidate} against "
-            + (f"its target {fmt(row.target)} ± {fmt(row.spec.tolerance)} (mean − target)"
+            + (f"its target {row.target:.4g} ± {row.spec.tolerance:g} (mean − target)"
                if row.spec.against == "target" else f"{claim.baseline} (improvement, paired by seed)"))
     if claim.verdict == NOT_JUDGED:
         return f"primary test {what}: not judged, {claim.reason}"
