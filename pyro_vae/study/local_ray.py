@@ -1,9 +1,12 @@
-"""A real Ray cluster of several nodes on this machine: for the tests and the bench.
+"""A real Ray cluster of several nodes on this machine, listening on loopback only: for the tests and
+the bench.
 
-Each node is a blocking `ray start` in its own process group (session), so stopping the cluster ends
-exactly its processes and no other Ray on the machine. Ray 2.x replaces a node address of 127.0.0.1 by the machine's
-own address (its one switch against that, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, refuses a second
-node), so the nodes listen on that address: run this only on a machine whose network you trust.
+The nodes are started by Ray's own multi-node harness (ray.cluster_utils.Cluster: a GCS, one raylet per
+node, real worker processes) in a child process of its own session, so stopping the cluster ends
+exactly its processes and no other Ray on the machine. `ray start` would put every node on the
+machine's network address (Ray resolves 127.0.0.1 to it); with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
+which the harness honours and a driver given `cluster.env` inherits, every node and the driver stay
+on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -11,26 +14,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-STARTED = "Ray runtime started"
+from pyro_vae.study.ray_executor import LOOPBACK_ONLY
 
-
-def _options(**options) -> list[str]:
-    """`ray start`'s command-line options from keywords (True: a switch)."""
-    return [item for key, value in options.items()
-            for item in ["-" + "-" + key.replace("_", "-")] + ([] if value is True else [str(value)])]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ADDRESS = "ADDRESS"
 
 
 class LocalCluster:
@@ -38,34 +30,29 @@ class LocalCluster:
 
     def __init__(self, nodes: int = 2, cpus: int = 1, timeout: float = 180.0):
         self.nodes, self.cpus, self.timeout = nodes, cpus, timeout
-        self.procs: list[subprocess.Popen] = []
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
         self.temp = Path(tempfile.mkdtemp(prefix="pvray-"))  # short: Ray's socket paths live below it
-        # Worker processes inherit the nodes' environment; MARKER tells this cluster's workers from others.
-        self.env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYRO_VAE_RAY_CLUSTER": str(self.temp)}
+        # Worker processes inherit the nodes' environment; the marker tells this cluster's workers from others.
+        self.env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYRO_VAE_RAY_CLUSTER": str(self.temp),
+                    LOOPBACK_ONLY: "0"}
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))
 
-    def _start(self, args: list[str]) -> None:
-        ray = str(Path(sys.executable).with_name("ray"))
-        cmd = [ray if os.path.exists(ray) else "ray", "start", *_options(
-            block=True, num_cpus=self.cpus, object_store_memory=80 * 2**20, disable_usage_stats=True,
-            dashboard_agent_listen_port=free_port()), *args]
-        log = open(self.temp / f"node-{len(self.procs)}.log", "w+")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        self.procs.append(proc)
-        deadline = time.monotonic() + self.timeout
-        while STARTED not in Path(log.name).read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start failed:\n{Path(log.name).read_text()[-3000:]}")
-            time.sleep(0.2)
-
     def __enter__(self) -> "LocalCluster":
+        log = open(self.temp / "cluster.log", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pyro_vae.study.local_ray", str(self.nodes), str(self.cpus), str(self.temp)],
+                                     stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        deadline = time.monotonic() + self.timeout
         try:
-            self._start(_options(head=True, node_ip_address="127.0.0.1", port=self.port, include_dashboard="false",
-                                 ray_client_server_port=free_port(), temp_dir=self.temp))
-            for _ in range(self.nodes - 1):
-                self._start(_options(address=self.address))
+            while not self.address:
+                text = Path(log.name).read_text()
+                lines = [line for line in text.splitlines() if line.startswith(ADDRESS)]
+                if lines:
+                    self.address = lines[0].split()[1]
+                elif self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the local Ray cluster did not start:\n{text[-3000:]}")
+                else:
+                    time.sleep(0.2)
         except BaseException:
             self.stop()
             raise
@@ -86,16 +73,43 @@ class LocalCluster:
         return found
 
     def stop(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in self.procs:
+        if self.proc is not None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGTERM: the harness shuts its nodes down
                 try:
-                    os.killpg(proc.pid, sig)  # the node's own process group: its raylet, GCS and workers
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    continue
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of its session outlived it
                 except ProcessLookupError:
                     pass
-            deadline = time.monotonic() + 15
-            while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
-                time.sleep(0.1)
+                break
         shutil.rmtree(self.temp, ignore_errors=True)
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _serve(nodes: int, cpus: int, temp: str) -> None:
+    """The child process: start the nodes, print the address, keep them until SIGTERM."""
+    from ray.cluster_utils import Cluster
+
+    memory = 80 * 2**20
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": cpus, "object_store_memory": memory, "include_dashboard": False, "temp_dir": temp})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=cpus, object_store_memory=memory)
+    cluster.wait_for_nodes()
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # blocked only now: the nodes' processes keep the default
+    print(ADDRESS, cluster.address, flush=True)
+    signal.sigwait(stop)
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

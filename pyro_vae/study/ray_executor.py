@@ -10,6 +10,8 @@ stops the study with its message.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -19,6 +21,12 @@ from pyro_vae.study.cells import pack, relocate, run_shipped, unpack
 from pyro_vae.study.executors import WORKER_ENV, Execution
 
 MAX_RETRIES = 3
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # see local_ray.py
+
+
+def _existing_cluster() -> bool:
+    """Whether `ray.init()` would join a running cluster: $RAY_ADDRESS, or the file `ray start` leaves."""
+    return bool(os.environ.get("RAY_ADDRESS")) or (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").exists()
 INSTALL = 'pip install "pyro-vae[ray]"'
 
 
@@ -32,6 +40,10 @@ def import_ray():
 
 class RayExecutor:
     def __init__(self, execution: Execution, resources: dict, log: Callable[[str], None]):
+        if execution.ray in ("", "auto") and not _existing_cluster():
+            # The local Ray started for the study listens on loopback only: without this Ray puts even a
+            # one-machine instance on the machine's network address. Read by Ray when it is imported.
+            os.environ.setdefault(LOOPBACK_ONLY, "0")
         self.ray = ray = import_ray()
         self.cpus = execution.cpus if execution.cpus is not None else resources.get("cpus", 1)
         self.gpus = execution.gpus if execution.gpus is not None else resources.get("gpus", 0)
