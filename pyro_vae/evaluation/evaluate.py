@@ -10,7 +10,7 @@ import hashlib
 import io
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -59,7 +59,7 @@ class EvalSettings:
     hole_codes: int = 1000  # codes drawn by the shared recipe and decoded
     hole_mass_draws: int = 2000  # Monte Carlo draws from the prior (and the fitted Gaussian) for the hole mass
     perturb_images: int = 250  # test images whose codes are perturbed
-    perturb_eps: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)  # perturbation sizes, in code spreads
+    perturb_eps: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0])  # in code spreads
     null_draws: int = 200  # simulated N(0, I) code sets per null test
     mmd_codes: int = 500  # codes in the MMD test against N(0, I)
     bootstrap: int = 200  # resamples for the class-volume evenness interval
