@@ -226,7 +226,7 @@ def classifier_features(classifier: Classifier, images, batch_size: int = 2048) 
     return _batched(classifier, Classifier.features, images, batch_size).double().numpy()
 
 
-def sample_quality(classifier: Classifier, images, real_features, batch_size: int = 2048) -> dict:
+def sample_quality(classifier: Classifier, images, real_features, batch_size: int = 2048, manifold=None) -> dict:
     """Score images (typically decoded samples) with the classifier.
 
     Returns
@@ -239,7 +239,9 @@ def sample_quality(classifier: Classifier, images, real_features, batch_size: in
       ``n_classes_predicted``: the same as a count;
       ``class_histogram``: share of images predicted as each class;
       ``fid``: :func:`frechet_distance` between classifier features of
-      ``images`` and ``real_features`` (see :func:`classifier_features`).
+      ``images`` and ``real_features`` (see :func:`classifier_features`);
+      ``precision`` (when a :class:`~pyro_vae.evaluation.fidelity.RealManifold` is given): the share
+      of the images whose features lie in the real images' k-NN manifold.
     """
     feats = _batched(classifier, Classifier.features, images, batch_size)
     with torch.no_grad():
@@ -249,7 +251,8 @@ def sample_quality(classifier: Classifier, images, real_features, batch_size: in
     counts = torch.bincount(probs.argmax(1), minlength=n_classes).double()
     hist = counts / counts.sum()
     nz = hist[hist > 0]
-    return {
+    quality = {} if manifold is None else {"precision": manifold.precision(feats.numpy())}
+    return quality | {
         "confidence": float(probs.max(1).values.mean()),
         "label_entropy": max(0.0, float(-(nz * nz.log()).sum())),  # no "-0.0" for one class
         "class_coverage": float((counts > 0).sum()) / n_classes,

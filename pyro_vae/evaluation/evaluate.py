@@ -10,7 +10,7 @@ import hashlib
 import io
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,8 @@ from pyro_vae.evaluation.classifier import (
     load_or_train_classifier,
     sample_quality,
 )
+from pyro_vae.evaluation.codespace import code_space_measures
+from pyro_vae.evaluation.fidelity import RealManifold
 from pyro_vae.evaluation.grid import (
     density_grid_points,
     grid_log_likelihood,
@@ -51,6 +53,17 @@ class EvalSettings:
     generated: int = 2000  # images decoded from random codes for each sample-quality score
     pairs: int = 1000  # same-class and different-class pairs for midpoint decodes
     seed: int = 0
+    # The code-space measures of evaluation/codespace.py (holes, the N(0, I) null, class volumes).
+    knn_k: int = 3  # neighbours whose ball makes the real images' manifold (k-NN precision)
+    train_codes: int = 2000  # training images encoded: hull, neighbour spacing, code density, aggregate posterior
+    hole_codes: int = 1000  # codes drawn by the shared recipe and decoded
+    hole_mass_draws: int = 2000  # Monte Carlo draws from the prior (and the fitted Gaussian) for the hole mass
+    perturb_images: int = 250  # test images whose codes are perturbed
+    perturb_eps: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0])  # in code spreads
+    null_draws: int = 200  # simulated N(0, I) code sets per null test
+    mmd_codes: int = 500  # codes in the MMD test against N(0, I)
+    bootstrap: int = 200  # resamples for the class-volume evenness interval
+    surgery_grid: int = 200  # most cells along the 2-D grid of the ELBO surgery
 
     @classmethod
     def from_dict(cls, values: dict) -> "EvalSettings":
@@ -74,18 +87,43 @@ class Scorer:
         )
         self.accuracy = info["test_accuracy"]
         self.real_features = classifier_features(self.classifier, data.test_x)
+        # Two fixed halves of the test images: k-NN precision's real manifold, and the real images
+        # scored against it (the real-vs-real reference row).
+        order = np.random.default_rng(0).permutation(len(data.test_x))
+        self.reference, self.held_out = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+        self.held_out_images = data.test_x[self.held_out]
+        self._manifolds: dict[int, RealManifold] = {}
 
-    def score(self, images: torch.Tensor, prefix: str) -> dict:
-        q = sample_quality(self.classifier, images, self.real_features)
-        return {f"{prefix}_{k}": float(q[k]) for k in ("confidence", "label_entropy", "class_coverage", "fid")}
+    def manifold(self, k: int) -> RealManifold:
+        if k not in self._manifolds:
+            self._manifolds[k] = RealManifold(self.real_features[self.reference], k)
+        return self._manifolds[k]
+
+    def score(self, images: torch.Tensor, prefix: str, knn_k: int, real_features: np.ndarray | None = None) -> dict:
+        reference = self.real_features if real_features is None else real_features
+        q = sample_quality(self.classifier, images, reference, manifold=self.manifold(knn_k))
+        return {f"{prefix}_{k}": float(q[k]) for k in ("confidence", "label_entropy", "class_coverage", "fid", "precision")}
+
+    def score_real(self, knn_k: int) -> dict:
+        """The held-out real half scored like samples, against the other half: the reference row."""
+        return self.score(self.held_out_images, "real", knn_k, self.real_features[self.reference])
 
 
 def _pairs(labels: torch.Tensor, n: int, same: bool, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n random index pairs whose labels agree (same=True) or differ."""
-    a = torch.randint(len(labels), (8 * n,), generator=gen)
-    b = torch.randint(len(labels), (8 * n,), generator=gen)
-    keep = ((labels[a] == labels[b]) == same) & (a != b)
-    return a[keep][:n], b[keep][:n]
+    """n random index pairs (a != b) whose labels agree (same=True) or differ: drawn in rounds until
+    n are found (one round of 8n draws finds only about 0.8n same-class pairs among ten classes)."""
+    counts = torch.bincount(labels)
+    if not ((counts > 1).any() if same else (counts > 0).sum() > 1):
+        raise ValueError(f"no {'same' if same else 'different'}-class pairs among labels {counts.tolist()}")
+    found_a, found_b, count = [], [], 0
+    while not found_a or count < n:
+        a = torch.randint(len(labels), (8 * n,), generator=gen)
+        b = torch.randint(len(labels), (8 * n,), generator=gen)
+        keep = ((labels[a] == labels[b]) == same) & (a != b)
+        found_a.append(a[keep])
+        found_b.append(b[keep])
+        count += int(keep.sum())
+    return torch.cat(found_a)[:n], torch.cat(found_b)[:n]
 
 
 def _box_codes(codes: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -152,11 +190,13 @@ def _evaluate_run(run_dir: str | Path, settings: EvalSettings, scorer: Scorer | 
         prior_codes = vae.sample_prior(settings.generated)
     box_codes = _box_codes(codes, settings.generated, gen)
     prior_images, box_images = run.decode(prior_codes), run.decode(box_codes)
-    result.update(scorer.score(prior_images, "prior"))
-    result.update(scorer.score(box_images, "box"))
+    result.update(scorer.score(prior_images, "prior", settings.knn_k))
+    result.update(scorer.score(box_images, "box", settings.knn_k))
     for name, same in (("mid_same", True), ("mid_diff", False)):
         a, b = _pairs(labels, settings.pairs, same, gen)
-        result.update(scorer.score(run.decode((codes[a] + codes[b]) / 2), name))
+        result.update(scorer.score(run.decode((codes[a] + codes[b]) / 2), name, settings.knn_k))
+    measures, measure_arrays = code_space_measures(run, data, scorer, codes, labels, lx, settings)
+    result.update(measures)
     result["eval_seconds"] = time.perf_counter() - started
 
     axis = manifold_axis(codes, deterministic)
@@ -175,6 +215,7 @@ def _evaluate_run(run_dir: str | Path, settings: EvalSettings, scorer: Scorer | 
         with torch.no_grad():
             log_density = vae.prior().log_prob(points).reshape(PRIOR_GRID, PRIOR_GRID)
         arrays.update(prior_log_density=log_density.numpy(), prior_extent=np.array(extent))
+    arrays.update(measure_arrays)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(run.path / EVALUATION_ARRAYS, buffer.getvalue())

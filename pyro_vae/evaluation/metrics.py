@@ -15,13 +15,13 @@ from typing import Callable
 
 from scipy.stats import chi2
 
-__all__ = ["Metric", "METRICS", "GROUPS", "SAMPLERS", "QUALITIES", "metric", "direction", "expected_max_radius",
-           "sample_key", "flat_metrics", "expected_keys", "requirements_met", "ranked"]
+__all__ = ["Metric", "METRICS", "GROUPS", "SAMPLERS", "REFERENCE_SAMPLERS", "QUALITIES", "metric", "direction",
+           "expected_max_radius", "sample_key", "flat_metrics", "expected_keys", "requirements_met", "ranked"]
 
 NATS = "nats / image"
-LIKELIHOOD, CENTRE, SPREAD, QUALITY, BOOKKEEPING = (
-    "Likelihood and bounds", "Centre and bounds", "Class spread", "Sample quality", "Bookkeeping")
-GROUPS = [LIKELIHOOD, CENTRE, SPREAD, QUALITY, BOOKKEEPING]  # display order of the metric tables
+LIKELIHOOD, CENTRE, SPREAD, HOLES, QUALITY, BOOKKEEPING = (
+    "Likelihood and bounds", "Centre and bounds", "Class spread", "Holes", "Sample quality", "Bookkeeping")
+GROUPS = [LIKELIHOOD, CENTRE, SPREAD, HOLES, QUALITY, BOOKKEEPING]  # display order of the metric tables
 
 # When a metric exists at all, as predicates on a run's config and evaluation: the report shows "—"
 # where it does not, and the tests check evaluate_run against these.
@@ -30,6 +30,7 @@ REQUIREMENTS: dict[str, Callable[[dict, dict], bool]] = {
     "2-D codes": lambda config, evaluation: config.get("latent_dim") == 2,
     "codes above 2-D": lambda config, evaluation: config.get("latent_dim") != 2,
     "N(0, I) prior": lambda config, evaluation: config.get("prior", "standard-normal") == "standard-normal",
+    "trained prior": lambda config, evaluation: config.get("beta", 1.0) > 0,  # beta = 0 drops the prior's terms
 }
 
 
@@ -64,6 +65,16 @@ class Metric:
 
 def _max_radius(n_classes: int, n_codes: int | None, latent_dim: int | None) -> float | None:
     return expected_max_radius(n_codes, latent_dim) if n_codes and latent_dim else None
+
+
+# Mardia's statistics of n draws from N(0, I_d): E b1 = d(d+1)(d+2)/n, E b2 -> d(d+2).
+def _mardia_skewness(n_classes: int, n_codes: int | None, latent_dim: int | None) -> float | None:
+    return latent_dim * (latent_dim + 1) * (latent_dim + 2) / n_codes if n_codes and latent_dim else None
+
+
+def _mardia_kurtosis(n_classes: int, n_codes: int | None, latent_dim: int | None) -> float | None:
+    return latent_dim * (latent_dim + 2) * (n_codes - 1) / (n_codes + 1) if n_codes and latent_dim else None
+
 
 
 _PROBABILISTIC_2D = ("probabilistic guide", "2-D codes")
@@ -103,6 +114,39 @@ _ROWS = [
     Metric("white_spread_ratio", "whitened spread ratio", SPREAD, "lower", headline=10),
     Metric("white_spread_cv", "whitened spread CV", SPREAD, "lower", headline=11, bar=5),
     Metric("white_silhouette", "whitened silhouette", SPREAD, "higher"),
+    # Claim 2 against its null: p-values of each statistic among simulated N(0, I) code sets of the
+    # same size (the null's 95% ranges are in the evaluation's "null_ranges"). Not ranked: a p-value
+    # says how surprising a value is under N(0, I), not how good it is.
+    *(Metric(f"null_p_{key}", f"N(0,I) p-value: {label}", CENTRE) for key, label in (
+        ("mean_norm", "‖mean code‖"), ("gaussian_kl", "Gaussian KL"), ("share_in_95", "share in 95% ball"),
+        ("max_abs_skewness", "max |skewness|"), ("max_radius", "max radius"), ("mardia_skewness", "Mardia skewness"),
+        ("mardia_kurtosis", "Mardia kurtosis"), ("mmd_normal", "MMD"))),
+    Metric("mardia_skewness", "Mardia skewness", CENTRE, "target", _mardia_skewness),
+    Metric("mardia_kurtosis", "Mardia kurtosis", CENTRE, "target", _mardia_kurtosis),
+    Metric("mmd_normal", "MMD² to N(0,I)", CENTRE, "lower"),
+    # ELBO surgery over the aggregate posterior of the encoded training images (I(x; z) <= log of their count).
+    Metric("aggregate_kl", "KL(q(z) ‖ p(z))", CENTRE, "lower", requires=("probabilistic guide",), unit="nats"),
+    Metric("mutual_information", "I(x; z)", CENTRE, requires=("probabilistic guide",), unit="nats"),
+    Metric("avg_kl", "mean KL(q(z|x) ‖ p(z))", CENTRE, requires=("probabilistic guide",), unit="nats"),
+    # Claim 3: half the log det of each class's robust covariance; its sd over the classes, with a
+    # bootstrap interval.
+    Metric("logdet_spread_sd", "sd of class log-volumes", SPREAD, "lower"),
+    Metric("logdet_spread_sd_low", "sd of class log-volumes, 2.5%", SPREAD),
+    Metric("logdet_spread_sd_high", "sd of class log-volumes, 97.5%", SPREAD),
+    Metric("log_px_exact_fitted", "log p(x) exact, fitted-Gaussian prior", LIKELIHOOD, "higher",
+           requires=("2-D codes",), unit=NATS, point=True),
+    # Claim 1, measured directly: codes by one recipe inside the training codes' hull; fidelity is
+    # k-NN precision or re-encoding error relative to the model's own reconstructions (1 = as good).
+    Metric("hole_precision", "recipe codes: k-NN precision / recon", HOLES, "higher"),
+    Metric("hole_reencode", "recipe codes: re-encoding error / recon", HOLES, "lower"),
+    Metric("hole_precision_drop", "precision, densest − sparsest decile", HOLES, "lower"),
+    Metric("hole_reencode_rise", "re-encoding error, sparsest − densest decile", HOLES, "lower"),
+    Metric("hole_mass_fitted", "hole mass under the fitted Gaussian", HOLES, "lower"),
+    Metric("hole_mass_prior", "hole mass under the prior", HOLES, "lower", requires=("trained prior",)),
+    Metric("perturb_precision_drop", "precision drop at 1 spread of noise", HOLES, "lower"),
+    Metric("perturb_reencode_at_1", "re-encoding error at 1 spread of noise / at 0", HOLES, "lower"),
+    Metric("hole_share_inside_hull", "recipe draws inside the hull", HOLES),
+    Metric("hole_neighbour_distance", "recipe codes: median distance to a training code (spacings)", HOLES),
 ]
 
 def sample_key(sampler: str, quality: str) -> str:
@@ -110,8 +154,13 @@ def sample_key(sampler: str, quality: str) -> str:
 
 
 # Sample quality: every sampler's images get every score, so these rows are a product of two tables.
-SAMPLERS = {"prior": "prior", "box": "box", "mid_same": "midpoint same-class", "mid_diff": "midpoint diff-class"}
+SAMPLERS = {"prior": "prior", "box": "box", "mid_same": "midpoint same-class", "mid_diff": "midpoint diff-class",
+            "recon": "reconstruction", "real": "real images"}
+# Reference rows, shown beside every sample-quality number and never ranked: the held-out half of the
+# real test images scored against the other half, and the model's reconstructions of that half.
+REFERENCE_SAMPLERS = ("real", "recon")
 QUALITIES: dict[str, dict] = {
+    "precision": dict(label="k-NN precision", better="higher"),
     "fid": dict(label="FID", better="lower"),
     "confidence": dict(label="confidence", better="higher"),
     "label_entropy": dict(label="label entropy", better="target", target=lambda n_classes, n_codes, latent_dim:
@@ -128,6 +177,8 @@ _ROWS += [Metric(sample_key(s, q), f"{s_label} {spec['label']}", QUALITY, spec["
 _ROWS += [
     Metric("epochs_trained", "epochs trained", BOOKKEEPING),
     Metric("classifier_accuracy", "classifier test accuracy", BOOKKEEPING),
+    Metric("code_spread", "training codes' spread", BOOKKEEPING),
+    Metric("recon_reencode", "reconstructions' re-encoding error (spreads)", BOOKKEEPING),
     Metric("grid_points", "grid points", BOOKKEEPING, requires=("2-D codes",)),
     Metric("eval_seconds", "evaluation seconds", BOOKKEEPING),
     Metric("train_seconds", "training seconds", BOOKKEEPING),

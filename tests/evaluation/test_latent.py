@@ -222,3 +222,28 @@ def test_centre_and_frechet_reject_bad_input():
         centre_metrics(np.zeros((1, 2)))
     with pytest.raises(ValueError, match="dimensions differ"):
         frechet_distance(np.zeros((5, 2)), np.zeros((5, 3)))
+
+
+# --------------------------------------------------------------------------
+# class log-volumes (claim 3)
+# --------------------------------------------------------------------------
+
+def test_logdet_spread_measures_known_scale_factors():
+    from pyro_vae.evaluation.latent import logdet_spread
+
+    rng = np.random.default_rng(0)
+    factors = np.array([1.0, 2.0, 0.5, 3.0])
+    base = rng.standard_normal((400, 2))  # one cloud, scaled per class: the factors are exact
+    codes = np.concatenate([f * base + 10 * c for c, f in enumerate(factors)])
+    labels = np.repeat(np.arange(4), 400)
+    out = logdet_spread(codes, labels, bootstrap=100)
+    spreads = np.array(out["class_logdet_spread"])
+    # 1/2 log det (f^2 Sigma) = 1/2 log det Sigma + d log f, with d = 2.
+    np.testing.assert_allclose(spreads - spreads[0], 2 * np.log(factors), atol=1e-6)
+    assert out["logdet_spread_sd"] == pytest.approx(np.std(spreads))
+    assert out["logdet_spread_sd_low"] < out["logdet_spread_sd"] < out["logdet_spread_sd_high"]
+    # A global linear map shifts every class alike: the evenness needs no whitening.
+    mapped = logdet_spread(codes @ np.array([[3.0, 1.0], [0.0, 0.2]]), labels, bootstrap=0)
+    assert mapped["logdet_spread_sd"] == pytest.approx(out["logdet_spread_sd"], abs=0.02)
+    even = logdet_spread(rng.standard_normal((1600, 2)), labels, bootstrap=0)
+    assert even["logdet_spread_sd"] < 0.1 < out["logdet_spread_sd"]
