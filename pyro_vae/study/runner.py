@@ -41,12 +41,17 @@ def _fmt_minutes(seconds: float) -> str:
 
 def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
               log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Path:
-    """Train every variant x seed (skipping complete runs, resuming unfinished ones), then evaluate them."""
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    """Train every variant x seed (skipping complete runs, resuming unfinished ones), then evaluate them.
+
+    The study folder is locked throughout: a second study on it gets the holder's pid."""
+    with runs.locked(runs_dir) as folder:
+        return _run_study(study, folder, progress, log)
+
+
+def _run_study(study: Study, runs_dir: Path, progress: bool, log: Callable[[str], None]) -> Path:
     if (runs_dir / STUDY_FILE).exists():
-        previous = read_json(runs_dir / STUDY_FILE)
-        if previous.get("name") != study.name:
+        previous = read_json(runs_dir / STUDY_FILE, damaged=f"it is damaged: use another --out or delete {runs_dir / STUDY_FILE}")
+        if not isinstance(previous, dict) or previous.get("name") != study.name:
             raise UserError(f"{runs_dir} holds the runs of study {previous.get('name')!r}; use another --out for {study.name!r}")
     atomic_write_json(runs_dir / STUDY_FILE, asdict(study))
     cells = study.cells()
@@ -83,23 +88,42 @@ def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
     return runs_dir
 
 
+def _settings_of(evaluation: Path) -> dict | None:
+    """The settings an evaluation.json was made with; None when it is damaged (it is then made again)."""
+    try:
+        record = read_json(evaluation)
+    except UserError:
+        return None
+    return record.get("settings") if isinstance(record, dict) else None
+
+
+# What a run's data depends on: runs that agree on these are evaluated on one copy of it.
+DATA_KEYS = ("dataset", "data_dir", "test_fraction", "split_seed", "train_limit", "test_limit")
+
+
 def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None]) -> None:
-    """Evaluate every run whose evaluation is missing or older than its checkpoint."""
+    """Evaluate every run whose evaluation is missing, damaged or older than its checkpoint, each on
+    its own data (variants may differ in dataset or split; data and classifier are loaded once per kind)."""
     settings = study.eval_settings()
     stale = []
     for variant, seed in study.cells():
         run = study.run_dir(runs_dir, variant, seed)
         evaluation = run / runs.EVALUATION
         if not evaluation.exists() or evaluation.stat().st_mtime < (run / runs.CHECKPOINT).stat().st_mtime \
-                or read_json(evaluation).get("settings") != asdict(settings):
+                or _settings_of(evaluation) != asdict(settings):
             stale.append((variant, seed, run))
     if not stale:
         log("evaluation: all runs already evaluated")
         return
-    data = load_data(study.config(*stale[0][:2]))  # variants share the dataset and split
-    scorer = Scorer(data, study.config(*stale[0][:2]).dataset, log)
+    loaded: dict[tuple, tuple] = {}
     started = time.perf_counter()
     for i, (variant, seed, run) in enumerate(stale, 1):
+        cfg = study.config(variant, seed)
+        key = tuple(getattr(cfg, k) for k in DATA_KEYS)
+        if key not in loaded:
+            data = load_data(cfg)
+            loaded[key] = (data, Scorer(data, cfg.dataset, log))
+        data, scorer = loaded[key]
         left = (time.perf_counter() - started) / (i - 1) * (len(stale) - i + 1) if i > 1 else None
         log(f"evaluating [{i}/{len(stale)}] {variant} seed {seed}" + (f" (about {_fmt_minutes(left)} left)" if left else ""))
         evaluate_run(run, settings, scorer=scorer, data=data, log=log)
