@@ -37,9 +37,13 @@ class WriteError(UserError):
     """A file could not be written (full disk, read-only folder, ...); its previous version is intact."""
 
 
+def os_fix(e: OSError) -> str:
+    """What an OSError of a write or mkdir means, and what to do."""
+    return _WRITE_FIXES.get(e.errno, f"{e.strerror or e}: check the folder")
+
+
 def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
-    fix = _WRITE_FIXES.get(e.errno, f"{e.strerror or e}: check the folder")
-    return WriteError(f"cannot write {path}: {fix} (its previous version, if any, is intact)")
+    return WriteError(f"cannot write {path}: {os_fix(e)} (its previous version, if any, is intact)")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], mode: int | None = None) -> Path:
@@ -80,7 +84,7 @@ def read_json(path: str | os.PathLike, damaged: str = "the run folder is damaged
     """A JSON file; `damaged` is what the message says (the fix) when it cannot be parsed."""
     try:
         return json.loads(Path(path).read_bytes().decode("utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise UserError(f"{path} does not exist; is {Path(path).parent} a pyro-vae run folder?") from None
     except IsADirectoryError:
         raise UserError(f"{path} is a folder, not a file; {damaged}") from None

@@ -26,7 +26,7 @@ import torch
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data, load_data
 from pyro_vae.errors import UserError
-from pyro_vae.io import atomic_write_bytes, read_json, seeded
+from pyro_vae.io import atomic_write_bytes, os_fix, read_json, seeded
 from pyro_vae.model import VAE, build_vae
 
 CONFIG, SPLIT, METRICS, CHECKPOINT, EVALUATION = "config.json", "split.json", "metrics.jsonl", "checkpoint.pt", "evaluation.json"
@@ -87,12 +87,12 @@ def locked(folder: str | Path) -> Iterator[Path]:
     process gets. Leftover temporary files of interrupted writes are swept once the lock is held.
     """
     folder = Path(folder)
-    if folder.is_symlink():
-        raise UserError(f"{folder} is a symbolic link; give the real folder")
     try:
+        if folder.is_symlink():
+            raise UserError(f"{folder} is a symbolic link; give the real folder")
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {folder} ({e.strerror}); choose another folder") from None
+        raise UserError(f"cannot create {folder}: {os_fix(e)}") from None
     if not os.access(folder, os.W_OK):
         raise UserError(f"{folder} is not writable; choose another folder or fix its permissions")
     path = folder / LOCK
