@@ -90,10 +90,13 @@ class TrainConfig:
         for name in ("train_limit", "test_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be a positive number of images, got {getattr(self, name)}")
-        if not 0 < self.lr < math.inf:
-            raise UserError(f"lr must be positive and finite, got {self.lr}")
-        if not 0 <= self.beta < math.inf:
-            raise UserError(f"beta must be 0 or more and finite, got {self.beta}")
+        if not self.lr > 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+        if not self.beta >= 0:
+            raise UserError(f"beta must be 0 or more, got {self.beta}")
+        for name in ("lr", "beta"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("seed", "split_seed"):
             if not 0 <= getattr(self, name) < SEED_LIMIT:
                 raise UserError(f"{name.replace('_', '-')} must be a whole number from 0 to 2**32 - 1, got {getattr(self, name)}")

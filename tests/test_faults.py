@@ -202,7 +202,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path, monkeyp
 def test_beta_inf_is_refused_before_training(capsys, tmp_path):
     assert main(["train", *TINY, "--beta", "inf", "--out", str(tmp_path / "o")]) == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert "beta must be 0 or more and finite, got inf" in line and "--lr" not in line
+    assert "beta must be a finite number, got inf" in line and "--lr" not in line
 
 
 def test_a_cuda_run_resumes_on_the_cpu_with_device(one_epoch, capsys):
