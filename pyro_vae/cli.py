@@ -116,10 +116,10 @@ def _train(args: argparse.Namespace) -> int:
         elif hasattr(args, name):
             flags[name] = getattr(args, name)
     if args.resume:
-        extra = sorted(set(flags) - {"epochs"}) + [k for k, v in options.items() if v] + (["--config"] if args.config else []) + (["--out"] if args.out else [])
+        extra = sorted(set(flags) - {"epochs", "device"}) + [k for k, v in options.items() if v] + (["--config"] if args.config else []) + (["--out"] if args.out else [])
         if extra:
-            raise UserError(f"--resume takes its settings from the run folder; drop {', '.join(extra)} (only --epochs may change)")
-        resume(args.resume, flags.get("epochs"), progress=not args.no_progress)
+            raise UserError(f"--resume takes its settings from the run folder; drop {', '.join(extra)} (only --epochs and --device may change)")
+        resume(args.resume, flags.get("epochs"), progress=not args.no_progress, device=flags.get("device"))
         return 0
     if not args.out:
         raise UserError("--out RUN_DIR is required (or --resume RUN_DIR)")
@@ -224,7 +224,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# What Ctrl-C leaves behind, per command (files are written whole or not at all, so nothing is half-written).
+INTERRUPTED = {
+    "train": "finished epochs are kept in the run folder (continue with --resume)",
+    "study": "finished epochs and evaluations are kept (run the same study command again to continue)",
+}
+INTERRUPTED_OTHERWISE = "no file was left half-written (run the command again)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         args = parser().parse_args(argv)
         return args.run(args)
@@ -232,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pyro-vae: interrupted; finished epochs are kept in the run folder (continue with --resume)", file=sys.stderr)
+        kept = INTERRUPTED.get(getattr(args, "command", None), INTERRUPTED_OTHERWISE)
+        print(f"pyro-vae: interrupted; {kept}", file=sys.stderr)
         return 130
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from pyro_vae.errors import UserError
+
+SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 
 
 def setting(default: Any, help: str, *, factory: Callable[[], Any] | None = None) -> Any:
@@ -91,6 +94,12 @@ class TrainConfig:
             raise UserError(f"lr must be positive, got {self.lr}")
         if not self.beta >= 0:
             raise UserError(f"beta must be 0 or more, got {self.beta}")
+        for name in ("lr", "beta"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
+        for name in ("seed", "split_seed"):
+            if not 0 <= getattr(self, name) < SEED_LIMIT:
+                raise UserError(f"{name.replace('_', '-')} must be a whole number from 0 to 2**32 - 1, got {getattr(self, name)}")
         if not 0 < self.test_fraction < 1:
             raise UserError(f"test-fraction must be between 0 and 1, got {self.test_fraction}")
         if self.device not in ("cpu", "cuda"):
@@ -112,6 +121,8 @@ def _typed(cfg: TrainConfig) -> None:
             if kind == "dict" and not isinstance(value, dict):
                 raise UserError(f"{f.name} must be a table of options, got {value!r}")
             continue
+        if isinstance(value, bool):  # a bool is an int to Python, never a count or a rate here
+            raise UserError(f"{f.name.replace('_', '-')} must be a number ({kind}), got {value!r}")
         try:
             converted = {"int": int, "float": float}[kind](value)
         except (TypeError, ValueError):

@@ -1,6 +1,6 @@
 """Datasets as in-memory tensors: where they come from, their splits, and binarisation.
 
-Files are read in torchvision's ``<root>/<Name>/raw/`` layout with torchvision's IDX reader.
+Files are read in torchvision's ``<root>/<Name>/raw/`` layout.
 Gzipped files are decompressed into the project's own cache, never next to the originals.
 """
 
@@ -25,6 +25,7 @@ from pyro_vae.registry import Registry
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
 PIXELS = 28 * 28
+CLASSES = 10
 EMBEDDED_ROOT = Path(__file__).parent / "_data"
 EMBEDDED_NOTE = (
     "using the MNIST sample shipped with pyro-vae (the 10,000-image MNIST test split, "
@@ -82,30 +83,47 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _plain_copy(path: Path, digest: str) -> Path:
-    """An uncompressed file torchvision's reader can open: the file itself or a cached decompression."""
-    if path.suffix != ".gz":
-        return path
-    target = cache_dir() / "idx" / digest[:16] / path.stem
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+def cache_subdir(name: str) -> Path:
+    """A folder in the per-user cache, created if missing, with a one-line error when it cannot be."""
+    folder = cache_dir() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot use the cache folder {folder} ({e.strerror}); set PYRO_VAE_CACHE to a writable folder") from None
+    return folder
+
+
+def _decompressed(path: Path, digest: str) -> bytes:
+    """The bytes of a .gz file, through a cache of decompressions that is checked on every use.
+
+    The hash of each decompressed file is recorded beside it when it is written; a cached file that
+    no longer matches it (edited, truncated) is made again from the .gz, never trusted."""
+    target = cache_subdir(f"idx/{digest[:16]}") / path.stem
+    recorded = target.with_name(target.name + ".sha256")
+    if target.is_file() and recorded.is_file():
+        data = target.read_bytes()
+        if hashlib.sha256(data).hexdigest() == recorded.read_text().strip():
+            return data
+        print(f"pyro-vae: the cached decompression {target} does not match its recorded hash; decompressing {path} again",
+              file=sys.stderr)
     try:
         with gzip.open(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path} is not a readable gzip file ({e}); download it again") from None
     atomic_write_bytes(target, data)
-    return target
+    atomic_write_bytes(recorded, (hashlib.sha256(data).hexdigest() + "\n").encode())
+    return data
 
 
-def read_idx(path: Path, magic: int) -> tuple[torch.Tensor, str]:
-    """Read one IDX file (plain or .gz) after checking its header; returns (tensor, sha256 of the file)."""
+def read_idx(path: Path, magic: int) -> tuple[torch.Tensor, str, str]:
+    """Read one IDX file (plain or .gz) after checking its header.
+
+    Returns (tensor, sha256 of the file, sha256 of the IDX bytes actually parsed): the bytes are read
+    once, hashed and parsed from memory, so the recorded hash is that of what was used."""
     digest = _sha256(path)
-    plain = _plain_copy(path, digest)
-    with open(plain, "rb") as f:
-        header = f.read(16)
-    size = plain.stat().st_size
+    data = _decompressed(path, digest) if path.suffix == ".gz" else path.read_bytes()
+    header, size = data[:16], len(data)
     if len(header) < 8 or int.from_bytes(header[:4], "big") != magic:
         found = int.from_bytes(header[:4], "big") if len(header) >= 4 else None
         raise DataError(
@@ -116,16 +134,14 @@ def read_idx(path: Path, magic: int) -> tuple[torch.Tensor, str]:
     if len(header) < 4 + 4 * ndim:
         raise DataError(f"{path} is truncated: its header is incomplete; download it again")
     dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = 4 + 4 * ndim + int(torch.tensor(dims).prod())
+    expected = 4 + 4 * ndim + int(np.prod(dims, dtype=np.int64))
     if size != expected:
         raise DataError(
             f"{path} is truncated or padded: its header promises {expected} bytes, the file holds {size}; "
             "download it again"
         )
-    from torchvision.datasets.mnist import read_image_file, read_label_file
-
-    reader = read_image_file if magic == IMAGE_MAGIC else read_label_file
-    return reader(str(plain)), digest
+    values = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return torch.from_numpy(values.copy()), digest, hashlib.sha256(data).hexdigest()
 
 
 def read_split(raw: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -135,8 +151,8 @@ def read_split(raw: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]
     missing = [n for n, p in ((image_name, image_path), (label_name, label_path)) if p is None]
     if missing:
         raise DataError(f"{raw} lacks {', '.join(missing)} (or .gz) for the {split} split")
-    images, image_sha = read_idx(image_path, IMAGE_MAGIC)
-    labels, label_sha = read_idx(label_path, LABEL_MAGIC)
+    images, image_sha, image_content = read_idx(image_path, IMAGE_MAGIC)
+    labels, label_sha, label_content = read_idx(label_path, LABEL_MAGIC)
     if images.shape[1:] != (28, 28):
         raise DataError(f"{image_path} holds {tuple(images.shape[1:])} images, expected 28x28")
     if len(images) != len(labels):
@@ -144,11 +160,15 @@ def read_split(raw: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]
             f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels; "
             "the two files must come from the same split"
         )
+    if len(labels) and int(labels.max()) >= CLASSES:
+        raise DataError(f"{label_path} holds label {int(labels.max())}; labels must be 0-{CLASSES - 1}: is it the right file?")
     provenance = {
         "images": str(image_path),
         "images_sha256": image_sha,
         "labels": str(label_path),
         "labels_sha256": label_sha,
+        "images_content_sha256": image_content,
+        "labels_content_sha256": label_content,
         "count": len(images),
     }
     x = images.reshape(len(images), PIXELS).to(torch.float32).div_(255.0)
@@ -294,7 +314,16 @@ def load(
         if split_indices:
             split_indices["test"] = [split_indices["test"][i] for i in keep.tolist()]
     provenance["train_count"], provenance["test_count"] = len(train_x), len(test_x)
+    _check_test_set(test_y)
     return Data(train_x, train_y, test_x, test_y, spec.class_names, provenance, split_indices)
+
+
+def _check_test_set(test_y: torch.Tensor) -> None:
+    """The evaluation's cluster scores need two classes and more test images than classes."""
+    classes = len(torch.unique(test_y))
+    if classes < 2 or len(test_y) <= classes:
+        raise DataError(f"the test set holds {len(test_y)} images of {classes} classes; evaluation needs at least 2 classes "
+                        "and more images than classes: raise --test-limit (or --test-fraction)")
 
 
 # ---------------------------------------------------------------------------------------------

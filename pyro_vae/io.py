@@ -8,6 +8,7 @@ interrupted write leaves the previous version in place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -22,10 +23,39 @@ def log_to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+# Why a write failed, in words a user can act on; the previous version of the file is always kept.
+_WRITE_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space and run the command again",
+    errno.EDQUOT: "the disk quota is used up: free some space and run the command again",
+    errno.EROFS: "the file system is read-only: choose a writable folder",
+    errno.EACCES: "permission denied: choose a writable folder or fix its permissions",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+}
+
+
+class WriteError(UserError):
+    """A file could not be written (full disk, read-only folder, ...); its previous version is intact."""
+
+
+def os_fix(e: OSError) -> str:
+    """What an OSError of a write or mkdir means, and what to do."""
+    return _WRITE_FIXES.get(e.errno, f"{e.strerror or e}: check the folder")
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
+    return WriteError(f"cannot write {path}: {os_fix(e)} (its previous version, if any, is intact)")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], mode: int | None = None) -> Path:
-    """Write `path` through `write(file)` into a temporary sibling, then rename it into place."""
+    """Write `path` through `write(file)` into a temporary sibling, then rename it into place.
+
+    An OSError (a full disk, a read-only folder) becomes a WriteError naming the file, and the
+    temporary file is removed whatever stopped the write, so a full disk is not kept full by it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -34,8 +64,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], mod
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
     return path
 
@@ -48,13 +80,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike, damaged: str = "the run folder is damaged") -> Any:
+    """A JSON file; `damaged` is what the message says (the fix) when it cannot be parsed."""
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
         raise UserError(f"{path} does not exist; is {Path(path).parent} a pyro-vae run folder?") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a file; {damaged}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} holds bytes that are not UTF-8 (at byte {e.start}); {damaged}") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); the run folder is damaged") from None
+        raise UserError(f"{path} is not valid JSON ({e}); {damaged}") from None
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror}); {damaged}") from None
 
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
@@ -66,8 +105,14 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a folder; name a TOML file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {path} is not UTF-8 (byte {e.start}); TOML files are UTF-8: save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise UserError(f"config file {path} cannot be read ({e.strerror})") from None
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from pyro_vae.components.guides import GUIDES
 from pyro_vae.components.likelihoods import LIKELIHOODS, Likelihood
 from pyro_vae.components.networks import NETWORKS
 from pyro_vae.components.priors import PRIORS
+from pyro_vae.errors import UserError
 
 
 class VAE(nn.Module):
@@ -57,6 +58,16 @@ class VAE(nn.Module):
 
 def build_vae(cfg) -> VAE:
     """A VAE from a TrainConfig (names and options resolved through the registries)."""
+    try:
+        return _build_vae(cfg)
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "allocate" not in str(e):
+            raise
+        raise UserError(f"the model does not fit in memory (hidden-dim {cfg.hidden_dim}, latent-dim {cfg.latent_dim}); "
+                        "choose a smaller --hidden-dim or --latent-dim") from None
+
+
+def _build_vae(cfg) -> VAE:
     network = NETWORKS[cfg.network]
     guide = GUIDES[cfg.guide](cfg.latent_dim, lambda out_dim: network.encoder(out_dim, cfg.hidden_dim), **cfg.guide_options)
     prior = PRIORS[cfg.prior](cfg.latent_dim, guide, **cfg.prior_options)

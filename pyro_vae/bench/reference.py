@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.bench.batching import batches
-from pyro_vae.training.batches import EpochInputs
 from pyro_vae.components.guides import MIN_SCALE
 from pyro_vae.components.networks import NETWORKS
+from pyro_vae.training.batches import EpochInputs
 from pyro_vae.training.trainer import build_optimizer
 
 KINDS = ("mc", "analytic", "ae")

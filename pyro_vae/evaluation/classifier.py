@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -167,6 +168,23 @@ def train_classifier(
 _KEY_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+def _load_cached(path: Path, key: str, device) -> tuple[Classifier, dict] | None:
+    """The cached classifier, or None when the file is damaged or stale: it is then trained again
+    and the file replaced, instead of blocking every evaluation until someone deletes it."""
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(blob, dict) or blob.get("arch_version") != ARCH_VERSION or blob.get("key") != key:
+            return None
+        model = Classifier().to(device)
+        model.load_state_dict(blob["state_dict"])
+        accuracy = float(blob["test_accuracy"])
+    except Exception as e:  # any damage: pickle/zip errors, missing keys, wrong shapes
+        print(f"pyro-vae: the cached classifier {path} is damaged ({type(e).__name__}); training it again", file=sys.stderr)
+        return None
+    model.eval()
+    return model, {"test_accuracy": accuracy, "key": key, "path": str(path), "cached": True}
+
+
 def load_or_train_classifier(
     cache_dir: Path,
     key: str,
@@ -196,14 +214,9 @@ def load_or_train_classifier(
     device = kw.get("device", "cpu")
 
     if path.exists():
-        blob = torch.load(path, map_location=device, weights_only=True)
-        if blob.get("arch_version") == ARCH_VERSION and blob.get("key") == key:
-            model = Classifier().to(device)
-            model.load_state_dict(blob["state_dict"])
-            model.eval()
-            info = {"test_accuracy": float(blob["test_accuracy"]), "key": key,
-                    "path": str(path), "cached": True}
-            return model, info
+        cached = _load_cached(path, key, device)
+        if cached is not None:
+            return cached
 
     model, acc = train_classifier(train_x, train_y, test_x, test_y, **kw)
     blob = {

@@ -25,8 +25,16 @@ from torch import nn
 from pyro_vae.data import BINARIZATIONS, Data
 from pyro_vae.evaluation.classifier import classifier_features
 from pyro_vae.evaluation.grid import grid_log_likelihood
-from pyro_vae.evaluation.holes import (code_spread, decile_means, fit_gaussian, hole_mass, kde_log_density,
-                                       mixture_log_density, neighbour_distance, recipe_codes)
+from pyro_vae.evaluation.holes import (
+    code_spread,
+    decile_means,
+    fit_gaussian,
+    hole_mass,
+    kde_log_density,
+    mixture_log_density,
+    neighbour_distance,
+    recipe_codes,
+)
 from pyro_vae.evaluation.latent import logdet_spread
 from pyro_vae.evaluation.null import elbo_surgery, mmd_test, null_test
 from pyro_vae.model import VAE

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from pyro_vae.data import BINARIZATIONS, Data, cache_dir
+from pyro_vae.config import SEED_LIMIT
+from pyro_vae.data import BINARIZATIONS, Data, cache_subdir
+from pyro_vae.errors import UserError
 from pyro_vae.evaluation import estimators
 from pyro_vae.evaluation import latent as latent_metrics
 from pyro_vae.evaluation.classifier import (
@@ -65,14 +68,33 @@ class EvalSettings:
     bootstrap: int = 200  # resamples for the class-volume evenness interval
     surgery_grid: int = 200  # most cells along the 2-D grid of the ELBO surgery
 
+    def __post_init__(self):
+        # Checked when made (from flags or a study's [evaluation] table), never after the training.
+        for name, (low, kind) in _SETTING_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name == "likelihood_images":
+                continue
+            ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+            if not ok or not low <= value < _SETTING_HIGH.get(name, math.inf):
+                what = "a whole number" if kind is int else "a finite number"
+                limit = f" below {_SETTING_HIGH[name]}" if name in _SETTING_HIGH else ""
+                raise UserError(f"evaluation setting {name} must be {what} of at least {low}{limit}, got {value!r}")
+
     @classmethod
     def from_dict(cls, values: dict) -> "EvalSettings":
-        from pyro_vae.errors import UserError
-
-        unknown = set(values) - set(asdict(cls()))
+        unknown = set(values) - set(f.name for f in fields(cls))
         if unknown:
-            raise UserError(f"unknown evaluation setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(asdict(cls()))}")
+            raise UserError(f"unknown evaluation setting(s) {', '.join(sorted(unknown))}; "
+                            f"valid: {', '.join(f.name for f in fields(cls))}")
         return cls(**values)
+
+
+# (lowest value, type) of each setting; `generated` needs two images for a covariance (FID).
+_SETTING_RANGES = {"num_samples": (1, int), "likelihood_images": (1, int), "grid_tol": (1e-12, float),
+                   "generated": (2, int), "pairs": (1, int), "seed": (0, int), "knn_k": (1, int), "train_codes": (10, int),
+                   "hole_codes": (10, int), "hole_mass_draws": (1, int), "perturb_images": (1, int), "null_draws": (20, int),
+                   "mmd_codes": (2, int), "bootstrap": (1, int), "surgery_grid": (2, int)}
+_SETTING_HIGH = {"seed": SEED_LIMIT}
 
 
 class Scorer:
@@ -81,9 +103,10 @@ class Scorer:
     def __init__(self, data: Data, dataset: str, log: Callable[[str], None]):
         fingerprint = hashlib.sha256(data.train_x[:: max(1, len(data.train_x) // 500)].numpy().tobytes()).hexdigest()[:12]
         key = f"{dataset}-{len(data.train_x)}-{fingerprint}"
-        log(f"sample-quality classifier for {dataset}: loading or training (cached in {cache_dir() / 'classifiers'})")
+        folder = cache_subdir("classifiers")
+        log(f"sample-quality classifier for {dataset}: loading or training (cached in {folder})")
         self.classifier, info = load_or_train_classifier(
-            cache_dir() / "classifiers", key, data.train_x, data.train_y, data.test_x, data.test_y, progress=False
+            folder, key, data.train_x, data.train_y, data.test_x, data.test_y, progress=False
         )
         self.accuracy = info["test_accuracy"]
         self.real_features = classifier_features(self.classifier, data.test_x)
@@ -142,8 +165,11 @@ def manifold_axis(codes: torch.Tensor, deterministic: bool) -> np.ndarray:
 
 def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scorer: Scorer | None = None,
                  data: Data | None = None, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
-    """Evaluate a run (with denormals flushed, as it was trained) and write evaluation.json/.npz."""
-    with flush_denormals():
+    """Evaluate a run (with denormals flushed, as it was trained) and write evaluation.json/.npz.
+
+    The run folder is locked meanwhile (a read-only one is refused before the work), and the data
+    must be what config.json says the run was trained on."""
+    with runs.locked(run_dir), flush_denormals():
         return _evaluate_run(run_dir, settings or EvalSettings(), scorer, data, log)
 
 
@@ -153,6 +179,7 @@ def _evaluate_run(run_dir: str | Path, settings: EvalSettings, scorer: Scorer | 
     run: Run = load_run(run_dir)
     cfg, vae = run.config, run.vae
     data = data or run.data()
+    runs.check_data(run.path, run.record, data.provenance)
     scorer = scorer or Scorer(data, cfg.dataset, log)
     x = BINARIZATIONS[cfg.binarize].test(data.test_x, cfg.seed)
     labels = data.test_y
@@ -226,4 +253,10 @@ def _evaluate_run(run_dir: str | Path, settings: EvalSettings, scorer: Scorer | 
 
 def read_evaluation(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / runs.EVALUATION
-    return read_json(path)["metrics"] if path.exists() else None
+    if not path.exists():
+        return None
+    fix = f"it is damaged: delete it and run `pyro-vae evaluate {run_dir}` (or `pyro-vae report`) to evaluate again"
+    record = read_json(path, damaged=fix)
+    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+        raise UserError(f"{path} lacks its metrics; {fix}")
+    return record["metrics"]

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyro_vae.evaluation.scoring import CHUNK_BYTES, evaluating, linear_terms, loglik_matrix, prepare, scoring_mode
+from pyro_vae.evaluation.scoring import (
+    CHUNK_BYTES,
+    evaluating,
+    linear_terms,
+    loglik_matrix,
+    prepare,
+    scoring_mode,
+)
 
 __all__ = ["grid_log_likelihood", "manifold_codes", "density_grid_points", "check_extent"]
 

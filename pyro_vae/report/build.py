@@ -95,7 +95,8 @@ def _setup_blocks(study: Study, results: list[dict], values: dict) -> list[Block
                                 + data.get("note", "") + ". Every number below comes from it.", "warning"))
     if len({json.dumps(r["data"], sort_keys=True) for r in results}) > 1:
         blocks.append(Paragraph("The runs did not all see the same data (provenance differs between run folders); "
-                                "see results.json.", "warning"))
+                                "each run was evaluated on its own data, listed here (and in results.json):", "warning"))
+        blocks.append(Bullets([_run_data(r) for r in results]))
     files = [f"{key.split('_')[0]} file {Path(d['images']).name} (sha256 {d['images_sha256'][:12]}…, {d['count']:,} images)"
              for key, d in data.items() if key.endswith("_file") and isinstance(d, dict) and "images" in d]
     evaluation = study.eval_settings()
@@ -103,7 +104,7 @@ def _setup_blocks(study: Study, results: list[dict], values: dict) -> list[Block
     wall = sum(r["train_seconds"] + float(r["evaluation"].get("eval_seconds", 0.0)) for r in results)
     shared = {k: cfg[k] for k in cfg if all(r["config"].get(k) == cfg[k] for r in results) and k != "seed"}
     items: list[Inline] = [
-        ["Data: ", ("b", cfg["dataset"]), f" from {origin_text} ({data.get('raw_dir', '?')})."],
+        ["Data: ", ("b", "/".join(dict.fromkeys(r["config"]["dataset"] for r in results))), f" from {origin_text} ({data.get('raw_dir', '?')})."],
         ["Split: " + str(data.get("split", "?")) + "; used "
          + f"{data.get('train_count', '?'):,} training and {data.get('test_count', '?'):,} test images"
          + (f" (limits: train {cfg['train_limit']}, test {cfg['test_limit']})" if cfg.get("train_limit") or cfg.get("test_limit") else "")
@@ -143,9 +144,18 @@ def _setup_blocks(study: Study, results: list[dict], values: dict) -> list[Block
     return blocks
 
 
+def _run_data(row: dict) -> list[Inline]:
+    """One run's data in a line: dataset, split and the images it used."""
+    data = row["data"]
+    return [f"{row['variant']} seed {row['seed']}: ", ("b", row["config"]["dataset"]),
+            f", {data.get('split', '?')}, {data.get('train_count', '?')} training / {data.get('test_count', '?')} test images"]
+
+
 def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str], None] = _stderr) -> Path:
     """Evaluate what lacks an evaluation (never retraining), then write the report; returns report.html."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder; choose another --out for the report")
     study = Study.from_runs_dir(runs_dir)
     for variant, seed in study.cells():
         run = study.run_dir(runs_dir, variant, seed)
@@ -158,8 +168,6 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str],
             log(f"{run} lacks {EVALUATION_ARRAYS}; evaluating it again")
             evaluate_run(run, study.eval_settings(), log=log)
     rows = collect(study, runs_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a folder; choose another --out for the report")
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"report for study {study.name}: {len(rows)} runs -> {out_dir}")
 

@@ -16,7 +16,14 @@ from typing import Any, Sequence
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.evaluation.estimators import PARETO_K_LIMIT
-from pyro_vae.evaluation.metrics import GROUPS, METRICS, direction, flat_metrics, metric, ranked
+from pyro_vae.evaluation.metrics import (
+    GROUPS,
+    METRICS,
+    direction,
+    flat_metrics,
+    metric,
+    ranked,
+)
 from pyro_vae.report.document import Block, Cell, Paragraph, Table
 from pyro_vae.study.statistics import Summary, badness, summarize
 

@@ -10,7 +10,15 @@ import math
 from itertools import groupby
 
 from pyro_vae.evaluation.metrics import metric
-from pyro_vae.report.document import Block, Bullets, Cell, Heading, Inline, Paragraph, Table
+from pyro_vae.report.document import (
+    Block,
+    Bullets,
+    Cell,
+    Heading,
+    Inline,
+    Paragraph,
+    Table,
+)
 from pyro_vae.report.tables import DASH, fmt_pm, fmt_signed
 from pyro_vae.study.claims import CLAIM_RULE, Claim, Row
 from pyro_vae.study.statistics import FAILS, HOLDS, NOT_JUDGED

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from pyro_vae.config import TrainConfig
+from pyro_vae.errors import UserError
 from pyro_vae.io import atomic_write_bytes, read_json
 from pyro_vae.training import runs
 
@@ -43,7 +44,16 @@ def evaluation_stale(run: Path, settings: dict) -> bool:
     evaluation = run / runs.EVALUATION
     return (not evaluation.exists() or not (run / runs.CHECKPOINT).exists()
             or evaluation.stat().st_mtime < (run / runs.CHECKPOINT).stat().st_mtime
-            or read_json(evaluation).get("settings") != settings)
+            or _settings_of(evaluation) != settings)
+
+
+def _settings_of(evaluation: Path) -> dict | None:
+    """The settings an evaluation.json was made with; None when it is damaged (it is then made again)."""
+    try:
+        record = read_json(evaluation)
+    except UserError:
+        return None
+    return record.get("settings") if isinstance(record, dict) else None
 
 
 def make_cell(variant: str, seed: int, run: Path, cfg: TrainConfig, settings: dict) -> Cell:

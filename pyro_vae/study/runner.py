@@ -46,13 +46,18 @@ def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
               log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
               execution: Execution | None = None) -> Path:
     """Train and evaluate every variant x seed (skipping complete runs, resuming unfinished ones),
-    where `execution` says (default: one after another in this process)."""
+    where `execution` says (default: one after another in this process).
+
+    The study folder is locked throughout: a second study on it gets the holder's pid."""
     execution = execution or Execution(progress=progress)
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    with runs.locked(runs_dir) as folder:
+        return _run_study(study, folder, log, execution)
+
+
+def _run_study(study: Study, runs_dir: Path, log: Callable[[str], None], execution: Execution) -> Path:
     if (runs_dir / STUDY_FILE).exists():
-        previous = read_json(runs_dir / STUDY_FILE)
-        if previous.get("name") != study.name:
+        previous = read_json(runs_dir / STUDY_FILE, damaged=f"it is damaged: use another --out or delete {runs_dir / STUDY_FILE}")
+        if not isinstance(previous, dict) or previous.get("name") != study.name:
             raise UserError(f"{runs_dir} holds the runs of study {previous.get('name')!r}; use another --out for {study.name!r}")
     atomic_write_json(runs_dir / STUDY_FILE, asdict(study))
     settings = asdict(study.eval_settings())
@@ -83,18 +88,28 @@ def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
     return runs_dir
 
 
+# What a run's data depends on: runs that agree on these are evaluated on one copy of it.
+DATA_KEYS = ("dataset", "data_dir", "test_fraction", "split_seed", "train_limit", "test_limit")
+
+
 def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None]) -> None:
-    """Evaluate every run whose evaluation is missing or older than its checkpoint."""
+    """Evaluate every run whose evaluation is missing, damaged or older than its checkpoint, each on
+    its own data (variants may differ in dataset or split; data and classifier are loaded once per kind)."""
     settings = study.eval_settings()
     stale = [(v, s, study.run_dir(runs_dir, v, s)) for v, s in study.cells()
              if evaluation_stale(study.run_dir(runs_dir, v, s), asdict(settings))]
     if not stale:
         log("evaluation: all runs already evaluated")
         return
-    data = load_data(study.config(*stale[0][:2]))  # variants share the dataset and split
-    scorer = Scorer(data, study.config(*stale[0][:2]).dataset, log)
+    loaded: dict[tuple, tuple] = {}
     started = time.perf_counter()
     for i, (variant, seed, run) in enumerate(stale, 1):
+        cfg = study.config(variant, seed)
+        key = tuple(getattr(cfg, k) for k in DATA_KEYS)
+        if key not in loaded:
+            data = load_data(cfg)
+            loaded[key] = (data, Scorer(data, cfg.dataset, log))
+        data, scorer = loaded[key]
         left = (time.perf_counter() - started) / (i - 1) * (len(stale) - i + 1) if i > 1 else None
         log(f"evaluating [{i}/{len(stale)}] {variant} seed {seed}" + (f" (about {_fmt_minutes(left)} left)" if left else ""))
         evaluate_run(run, settings, scorer=scorer, data=data, log=log)

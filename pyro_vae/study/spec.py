@@ -21,11 +21,12 @@ RUNS_DIR/<variant>/seed-<seed>/ holds one run folder each, and RUNS_DIR/study.js
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyro_vae.config import TrainConfig
+from pyro_vae.config import SEED_LIMIT, TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import EvalSettings
 from pyro_vae.io import read_json, read_toml
@@ -35,7 +36,11 @@ from pyro_vae.study.resources import check_resources
 __all__ = ["Study", "STUDY_FILE"]
 
 STUDY_FILE = "study.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+# Names a variant's folder may not take in RUNS_DIR: the study's own files and the default report folder.
+RESERVED = {STUDY_FILE, "report", ".lock"}
+COMPARE_KEYS = {"baseline", "candidate"}
+_TABLES = ("base", "compare", "evaluation", "claims")
 
 
 @dataclass
@@ -72,16 +77,34 @@ class Study:
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "Study":
         known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims", "resources"}
+        if not isinstance(d, dict):
+            raise UserError(f"{source} must be a table of study settings (name, seeds, [base], [variants.NAME])")
         if set(d) - known:
             raise UserError(f"unknown key(s) {', '.join(sorted(set(d) - known))} in {source}; valid: {', '.join(sorted(known))}")
-        if not d.get("variants"):
+        for key in ("name", "title", "description"):
+            if key in d and not isinstance(d[key], str):
+                raise UserError(f"{key} in {source} must be a string, got {d[key]!r}")
+        for key in _TABLES:
+            if not isinstance(d.get(key, {}), dict):
+                raise UserError(f"[{key}] in {source} must be a table, got {d[key]!r}")
+        if not d.get("variants") or not isinstance(d["variants"], dict):
             raise UserError(f"{source} names no [variants.NAME] tables; a study compares at least one variant")
         seeds = d.get("seeds", [0])
-        if not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
-            raise UserError(f"seeds in {source} must be a list of distinct whole numbers, got {seeds!r}")
-        for name in d["variants"]:
-            if not _NAME.match(name):
-                raise UserError(f"variant name {name!r} in {source} must be letters, digits, '.', '_', '+' or '-'")
+        if not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) != len(seeds) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < SEED_LIMIT for s in seeds):
+            raise UserError(f"seeds in {source} must be a list of distinct whole numbers from 0 to 2**32 - 1, got {seeds!r}")
+        for name, table in d["variants"].items():
+            if not _NAME.fullmatch(name) or name in RESERVED:
+                raise UserError(f"variant name {name!r} in {source} must be letters, digits, '.', '_', '+' or '-' "
+                                f"(starting with a letter or digit) and not one of {', '.join(sorted(RESERVED))}")
+            if not isinstance(table, dict):
+                raise UserError(f"[variants.{name}] in {source} must be a table of settings, got {table!r}")
+        for where, table in [("[base]", d.get("base", {}))] + [(f"[variants.{n}]", t) for n, t in d["variants"].items()]:
+            if "seed" in table:
+                raise UserError(f"{where} of {source} sets seed; a study's seeds come from its top-level seeds = [...] list")
+        if set(d.get("compare", {})) - COMPARE_KEYS:
+            raise UserError(f"unknown key(s) {', '.join(sorted(set(d['compare']) - COMPARE_KEYS))} in [compare] of {source}; "
+                            f"valid: {', '.join(sorted(COMPARE_KEYS))}")
         study = cls(
             name=d.get("name", Path(source).stem), title=d.get("title", d.get("name", Path(source).stem)),
             description=d.get("description", ""), seeds=list(seeds), base=dict(d.get("base", {})),
@@ -89,8 +112,8 @@ class Study:
             evaluation=dict(d.get("evaluation", {})), claims=d.get("claims", {}),
             resources=check_resources(dict(d.get("resources", {})), f"[resources] of {source}"),
         )
-        for variant in study.variants:
-            study.config(variant, study.seeds[0])  # every cell must be a valid config before anything runs
+        for variant in study.variants:  # every cell must be a valid config and model before anything runs
+            _check_variant(study.config(variant, study.seeds[0]), variant, source)
         for role in ("baseline", "candidate"):
             if role in study.compare and study.compare[role] not in study.variants:
                 raise UserError(f"[compare] {role} {study.compare[role]!r} is not a variant of {source}")
@@ -105,3 +128,18 @@ class Study:
     @classmethod
     def from_runs_dir(cls, runs_dir: str | Path) -> "Study":
         return cls.from_dict(read_json(Path(runs_dir) / STUDY_FILE), str(Path(runs_dir) / STUDY_FILE))
+
+
+def _check_variant(cfg: TrainConfig, variant: str, source: str) -> None:
+    """What only building the model would show (a prior that needs another guide, bad options), and a
+    study's need of at least one epoch, found before anything trains or is written."""
+    if cfg.epochs < 1:
+        raise UserError(f"[variants.{variant}] of {source} trains {cfg.epochs} epochs; a study trains at least 1")
+    from pyro_vae.model import build_vae
+
+    try:  # a narrow copy: the combination is what is checked, not the memory of the full width
+        build_vae(dataclasses.replace(cfg, hidden_dim=min(cfg.hidden_dim, 8)))
+    except UserError as e:
+        raise UserError(f"[variants.{variant}] of {source}: {e}") from None
+    except (ValueError, TypeError, KeyError, RuntimeError, NotImplementedError) as e:
+        raise UserError(f"[variants.{variant}] of {source} is not a model pyro-vae can build: {e}") from None

@@ -26,7 +26,7 @@ import torch
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data, load_data
 from pyro_vae.errors import UserError
-from pyro_vae.io import atomic_write_bytes, read_json, seeded
+from pyro_vae.io import atomic_write_bytes, os_fix, read_json, seeded
 from pyro_vae.model import VAE, build_vae
 
 CONFIG, SPLIT, METRICS, CHECKPOINT, EVALUATION = "config.json", "split.json", "metrics.jsonl", "checkpoint.pt", "evaluation.json"
@@ -87,12 +87,12 @@ def locked(folder: str | Path) -> Iterator[Path]:
     process gets. Leftover temporary files of interrupted writes are swept once the lock is held.
     """
     folder = Path(folder)
-    if folder.is_symlink():
-        raise UserError(f"{folder} is a symbolic link; give the real folder")
     try:
+        if folder.is_symlink():
+            raise UserError(f"{folder} is a symbolic link; give the real folder")
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {folder} ({e.strerror}); choose another folder") from None
+        raise UserError(f"cannot create {folder}: {os_fix(e)}") from None
     if not os.access(folder, os.W_OK):
         raise UserError(f"{folder} is not writable; choose another folder or fix its permissions")
     path = folder / LOCK
@@ -125,8 +125,24 @@ def locked(folder: str | Path) -> Iterator[Path]:
 
 def read_config(run: Path) -> tuple[TrainConfig, dict]:
     """The run's TrainConfig and the full record (data provenance, versions)."""
-    record = read_json(Path(run) / CONFIG)
-    return TrainConfig.from_dict(record["config"], f"{run}/{CONFIG}"), record
+    path = Path(run) / CONFIG
+    record = read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or not isinstance(record.get("data"), dict):
+        raise UserError(f"{path} is damaged: it must be an object with 'config' and 'data' tables; "
+                        "restore it or train the run again")
+    return TrainConfig.from_dict(record["config"], str(path)), record
+
+
+def check_data(run: Path, record: dict, provenance: dict) -> None:
+    """Refuse data other than what the run was trained on (the hashes config.json recorded)."""
+    for key in ("train_file", "test_file"):
+        saved, found = record["data"].get(key), provenance.get(key, {})
+        if not isinstance(saved, dict):
+            continue
+        for field in ("images_sha256", "labels_sha256", "images_content_sha256"):
+            if field in saved and field in found and saved[field] != found[field]:
+                raise UserError(f"the data found now differs from the data {run} was trained on ({key} {field.split('_')[0]}); "
+                                "point --data-dir or PYRO_VAE_DATA at the original data")
 
 
 def append_metrics(run: Path, line: dict) -> None:
@@ -139,7 +155,19 @@ def read_metrics(run: Path) -> list[dict]:
     path = Path(run) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = []
+    for number, text in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = json.loads(text.decode("utf-8")) if text.strip() else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            line = False
+        if line is None:
+            continue
+        if not isinstance(line, dict) or not isinstance(line.get("epoch"), int):
+            raise UserError(f"{path} line {number} is damaged (not a JSON metrics record); "
+                            "delete that line and lines after it, then continue with --resume (the checkpoint rewrites them)")
+        lines.append(line)
+    return lines
 
 
 def truncate_metrics(run: Path, epochs: int) -> None:
@@ -154,14 +182,30 @@ def save_checkpoint(run: Path, state: dict) -> None:
     atomic_write_bytes(Path(run) / CHECKPOINT, buffer.getvalue())
 
 
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "rng")
+
+
 def load_checkpoint(run: Path, device: str = "cpu") -> dict:
     path = Path(run) / CHECKPOINT
     if not path.exists():
         raise UserError(f"{path} does not exist; the run has not finished an epoch yet")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # pickle/zip errors from a damaged file
-        raise UserError(f"{path} cannot be read ({type(e).__name__}); the checkpoint is damaged") from None
+        raise UserError(f"{path} cannot be read ({type(e).__name__}); the checkpoint is damaged: train the run again") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS) or not isinstance(state["epoch"], int):
+        raise UserError(f"{path} is damaged: it lacks {', '.join(CHECKPOINT_KEYS)}; train the run again")
+    return state
+
+
+def load_model_state(vae: torch.nn.Module, state: dict, run: Path) -> None:
+    """The checkpoint's weights into a model built from config.json, which must describe them."""
+    try:
+        vae.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[-1].strip()[:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"{Path(run) / CHECKPOINT} does not fit the model {Path(run) / CONFIG} describes ({first}); "
+                        "was config.json edited? restore it or train the run again") from None
 
 
 def is_complete(run: Path) -> bool:
@@ -213,6 +257,6 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     cfg.device = device
     state = load_checkpoint(path, device)
     vae = build_vae(cfg).to(device)
-    vae.load_state_dict(state["model"])
+    load_model_state(vae, state, path)
     vae.eval()
     return Run(path, cfg, record, vae, state["epoch"])

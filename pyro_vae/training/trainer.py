@@ -18,7 +18,7 @@ from pyro_vae.components.objectives import OBJECTIVES
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_data
 from pyro_vae.errors import DivergedError, UserError
-from pyro_vae.io import atomic_write_json, log_to_stderr, seeded
+from pyro_vae.io import WriteError, atomic_write_json, log_to_stderr, seeded
 from pyro_vae.model import VAE, build_vae
 from pyro_vae.training import runs
 from pyro_vae.training.batches import EpochInputs
@@ -76,9 +76,13 @@ class Trainer:
         self.inputs = EpochInputs(self.binarization, self.train_x, cfg.seed, cfg.epochs)
 
     def restore(self, state: dict) -> None:
-        self.vae.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
+        runs.load_model_state(self.vae, state, self.run)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"])
+        except (KeyError, TypeError, ValueError, RuntimeError):
+            raise UserError(f"{self.run / runs.CHECKPOINT} is damaged (its optimiser or random state cannot be restored); "
+                            "train the run again") from None
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.epoch = state["epoch"]
@@ -148,10 +152,10 @@ class Trainer:
         finite = torch.isfinite(values)
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0, 0])
-            raise DivergedError(
-                f"loss became {float(values[bad])} at step {first_step + bad} of epoch {epoch}; the checkpoint of epoch "
-                f"{self.epoch} in {self.run} is kept. Try a lower --lr"
-            )
+            kept = (f"the checkpoint of epoch {self.epoch} in {self.run} is kept" if self.epoch
+                    else f"no epoch finished, so {self.run} holds no checkpoint")
+            raise DivergedError(f"loss became {float(values[bad])} at step {first_step + bad} of epoch {epoch}; {kept}. "
+                                "Try a lower --lr or --beta")
         return values.sum(dtype=torch.float64)
 
     def fit(self, progress: bool = True) -> list[dict]:
@@ -169,8 +173,13 @@ class Trainer:
             test_elbo = objective_per_image(self.vae, self.objective, self.test_obs, self.cfg.seed)
             line = {"epoch": self.epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "beta": beta, "epoch_seconds": seconds}
             # The checkpoint first: metrics.jsonl never claims an epoch whose checkpoint was not written.
-            runs.save_checkpoint(self.run, self.state())
-            runs.append_metrics(self.run, line)
+            try:
+                runs.save_checkpoint(self.run, self.state())
+                runs.append_metrics(self.run, line)
+            except WriteError as e:
+                kept = f"the checkpoint of epoch {self.epoch - 1} is kept" if self.epoch > 1 else "no checkpoint was written"
+                raise WriteError(f"{e}; epoch {self.epoch} is lost, {kept}: continue with --resume {self.run} "
+                                 "once there is room") from None
             lines.append(line)
             self.log(
                 f"epoch {self.epoch}/{self.cfg.epochs}: train {train_elbo:.2f}, test {test_elbo:.2f} nats/image "
@@ -201,17 +210,19 @@ def _start(trainer: Trainer, cfg: TrainConfig, dataset, run: Path, progress: boo
     return run
 
 
-def resume(run: str | Path, epochs: int | None = None, progress: bool = True, log=log_to_stderr) -> Path:
-    """Continue a run from its checkpoint, to its configured epochs or to `epochs`."""
+def resume(run: str | Path, epochs: int | None = None, progress: bool = True, log=log_to_stderr,
+           device: str | None = None) -> Path:
+    """Continue a run from its checkpoint, to its configured epochs or to `epochs`, on `device` when
+    given (the device changes where it trains, not what: config.json keeps the one it was made on)."""
     run = Path(run)
     cfg, record = runs.read_config(run)
     if epochs is not None:
         cfg.epochs = epochs
+    if device is not None:
+        cfg.device = device
     cfg.validate()
     dataset = load_data(cfg)
-    for key in ("train_file", "test_file"):
-        if key in record["data"] and record["data"][key]["images_sha256"] != dataset.provenance.get(key, {}).get("images_sha256"):
-            raise UserError(f"the data found now differs from the data {run} was trained on ({key}); point --data-dir at the original")
+    runs.check_data(run, record, dataset.provenance)
     trainer = Trainer(cfg, run, dataset, log)
     with runs.locked(run):
         trainer.restore(runs.load_checkpoint(run, cfg.device))

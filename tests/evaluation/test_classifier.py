@@ -149,3 +149,20 @@ def test_bad_inputs_raise(data, cache_dir):
         train_classifier(data[0][:10], data[1][:9], data[2], data[3], epochs=1, progress=False)
     with pytest.raises(ValueError, match="key"):
         load_or_train_classifier(cache_dir, "../escape", *data, **FAST)
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda path: path.write_bytes(b"not a torch file at all"), "is damaged"),
+    (lambda path: torch.save({}, path), ""),  # no version: stale, trained again without a word
+    (lambda path: torch.save({"state_dict": {"head.weight": torch.zeros(1)}, "test_accuracy": 1.0, "key": "bad",
+                              "arch_version": clf.ARCH_VERSION}, path), "is damaged"),
+], ids=["garbage", "empty-dict", "wrong-shapes"])
+def test_a_damaged_cache_is_trained_again_and_replaced(data, tmp_path, damage, said, capsys):
+    small = [t[:300] for t in data]
+    path = tmp_path / "classifier-bad.pt"
+    damage(path)
+    _, info = load_or_train_classifier(tmp_path, "bad", *small, epochs=1, progress=False)
+    assert info["cached"] is False and said in capsys.readouterr().err
+    blob = torch.load(path, weights_only=True)
+    assert blob["key"] == "bad" and blob["arch_version"] == clf.ARCH_VERSION
+    assert load_or_train_classifier(tmp_path, "bad", *small, epochs=1, progress=False)[1]["cached"] is True

@@ -137,7 +137,7 @@ def test_leftover_temporary_files_are_swept_when_a_run_folder_is_opened(tmp_path
 def test_an_interrupted_atomic_write_leaves_no_temporary_file_and_the_old_file_intact(tmp_path):
     import errno
 
-    from pyro_vae.io import atomic_write
+    from pyro_vae.io import WriteError, atomic_write
 
     target = tmp_path / "checkpoint.pt"
     target.write_bytes(b"good")
@@ -146,7 +146,7 @@ def test_an_interrupted_atomic_write_leaves_no_temporary_file_and_the_old_file_i
         f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match=f"cannot write {target}: the disk is full"):
         atomic_write(target, full_disk)
     assert target.read_bytes() == b"good" and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
