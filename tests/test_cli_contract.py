@@ -6,7 +6,6 @@ none removed, no half-written one left)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
