@@ -73,9 +73,9 @@ def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
         else:
             log(f"{head}: {remaining} epochs")
         if (run / runs.CHECKPOINT).exists():
-            resume(run, cfg.epochs, progress=progress, log=log)
+            resume(run, cfg.epochs, progress=progress, log=log, tensorboard=study.tensorboard)
         else:
-            train(cfg, run, force=True, progress=progress, log=log)
+            train(cfg, run, force=True, progress=progress, log=log, plugins=study.plugin_records(), tensorboard=study.tensorboard)
         trained += remaining
         epochs_left -= remaining
     log(f"training done in {_fmt_minutes(time.perf_counter() - started)}")

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyro_vae import plugins
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import EvalSettings
@@ -47,6 +48,11 @@ class Study:
     compare: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
     claims: dict = field(default_factory=dict)  # the [claims.NAME] tables as written; see claim_specs
+    plugins: list[str] = field(default_factory=list)  # files (absolute paths) and modules to import first
+    tensorboard: bool = False  # TensorBoard event files in every run folder
+
+    def plugin_records(self) -> list[dict]:
+        return plugins.load_all(self.plugins)
 
     def config(self, variant: str, seed: int) -> TrainConfig:
         cfg = TrainConfig.from_dict(self.base, "[base]")
@@ -68,9 +74,14 @@ class Study:
 
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "Study":
-        known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims"}
+        known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims", "plugins", "tensorboard"}
         if set(d) - known:
             raise UserError(f"unknown key(s) {', '.join(sorted(set(d) - known))} in {source}; valid: {', '.join(sorted(known))}")
+        d = dict(d)
+        specs = plugins.from_toml(d, source)  # imported before any variant's names are resolved
+        plugins.load_all(specs)
+        if not isinstance(d.get("tensorboard", False), bool):
+            raise UserError(f"tensorboard in {source} must be true or false, got {d['tensorboard']!r}")
         if not d.get("variants"):
             raise UserError(f"{source} names no [variants.NAME] tables; a study compares at least one variant")
         seeds = d.get("seeds", [0])
@@ -83,7 +94,8 @@ class Study:
             name=d.get("name", Path(source).stem), title=d.get("title", d.get("name", Path(source).stem)),
             description=d.get("description", ""), seeds=list(seeds), base=dict(d.get("base", {})),
             variants={k: dict(v) for k, v in d["variants"].items()}, compare=dict(d.get("compare", {})),
-            evaluation=dict(d.get("evaluation", {})), claims=d.get("claims", {}),
+            evaluation=dict(d.get("evaluation", {})), claims=d.get("claims", {}), plugins=specs,
+            tensorboard=d.get("tensorboard", False),
         )
         for variant in study.variants:
             study.config(variant, study.seeds[0])  # every cell must be a valid config before anything runs
