@@ -1,6 +1,6 @@
 """Live curves: TensorBoard event files in RUN_DIR/tensorboard/, written at the end of each epoch.
 
-    pyro-vae train ... --tensorboard --out runs/vae     then     tensorboard --logdir runs
+    pyro-vae train ... --tensorboard --out runs/vae     (then open TensorBoard with its logdir at runs/)
 
 Per epoch: the train and test bound (the objective's, per image), the reconstruction and KL terms
 of the ELBO on the test images and on a fixed slice of the training images, beta, the learning rate
