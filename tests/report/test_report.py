@@ -107,7 +107,9 @@ def test_html_is_self_contained_and_embeds_every_figure(built):
     figures = sorted((out / "figures").glob("*.png"))
     assert len(figures) >= 12
     refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page, flags=re.I)
-    assert refs and all(ref.startswith("data:") for ref in refs), [r[:40] for r in refs if not r.startswith("data:")]
+    # Everything it shows is embedded; its one plain link is to the explorer page beside it (a page to open, not a resource).
+    assert refs and all(ref.startswith("data:") or ref == "explorer.html" for ref in refs), [r[:40] for r in refs if not r.startswith("data:")]
+    assert refs.count("explorer.html") == 1 and (out / "explorer.html").is_file()
     assert "<link" not in page.lower() and "@import" not in page and "url(" not in page
     assert page.count("<img ") == len(figures)
     for png in figures:
