@@ -86,6 +86,22 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
     p.add_argument("--force", action="store_true", help="replace a non-empty run folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files into RUN_DIR/tensorboard/")
+
+
+def _load_plugins(specs: list[str]) -> list[dict]:
+    if not specs:
+        return []  # no import of the components (and torch) for commands that need none
+    from pyro_vae import plugins
+
+    return plugins.load_all(specs)
+
+
+def _toml_bool(values: dict, key: str, source: str) -> bool:
+    value = values.pop(key, False)
+    if not isinstance(value, bool):
+        raise UserError(f"{key} in {source} must be true or false, got {value!r}")
+    return value
 
 
 def _parse_options(items: list[str], flag: str) -> dict:
@@ -105,6 +121,7 @@ def _parse_options(items: list[str], flag: str) -> dict:
 
 @command("train", "train one model into a run folder", _train_arguments)
 def _train(args: argparse.Namespace) -> int:
+    from pyro_vae import plugins
     from pyro_vae.config import TrainConfig
     from pyro_vae.io import read_toml
     from pyro_vae.training.trainer import resume, train
@@ -119,17 +136,19 @@ def _train(args: argparse.Namespace) -> int:
         extra = sorted(set(flags) - {"epochs", "device"}) + [k for k, v in options.items() if v] + (["--config"] if args.config else []) + (["--out"] if args.out else [])
         if extra:
             raise UserError(f"--resume takes its settings from the run folder; drop {', '.join(extra)} (only --epochs and --device may change)")
-        resume(args.resume, flags.get("epochs"), progress=not args.no_progress, device=flags.get("device"))
+        resume(args.resume, flags.get("epochs"), progress=not args.no_progress, device=flags.get("device"),
+               tensorboard=args.tensorboard)
         return 0
     if not args.out:
         raise UserError("--out RUN_DIR is required (or --resume RUN_DIR)")
-    cfg = TrainConfig()
-    if args.config:
-        cfg.update(read_toml(args.config), args.config)
+    cfg, toml = TrainConfig(), read_toml(args.config) if args.config else {}
+    plugin_records = args.plugin_records + (_load_plugins(plugins.from_toml(toml, args.config)) if toml else [])
+    tensorboard = args.tensorboard or _toml_bool(toml, "tensorboard", args.config)
+    cfg.update(toml, args.config)
     cfg.update(flags, "flags")
     for key, values in options.items():
         getattr(cfg, key).update(values)
-    run = train(cfg, args.out, force=args.force, progress=not args.no_progress)
+    run = train(cfg, args.out, force=args.force, progress=not args.no_progress, plugins=plugin_records, tensorboard=tensorboard)
     print(run)
     return 0
 
@@ -142,6 +161,7 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study TOML file (see studies/)")
     p.add_argument("--out", required=True, help="folder for the study's run folders")
     p.add_argument("--report", help="report folder (default: RUNS_DIR/report)")
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files into each run's tensorboard/ folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _execution_arguments(p)
 
@@ -173,6 +193,12 @@ def _study(args: argparse.Namespace) -> int:
     from pyro_vae.study.runner import Study, run_study
 
     study = Study.load(args.study)
+    study.plugins = [r["plugin"] for r in args.plugin_records] + study.plugins  # runs record both
+    study.tensorboard = study.tensorboard or args.tensorboard
+    if study.tensorboard:
+        from pyro_vae.training.tensorboard import require
+
+        require()  # before the first run trains
     runs_dir = run_study(study, args.out, progress=not args.no_progress, execution=_execution(args))
     print(build_report(runs_dir, args.report or runs_dir / "report"))
     return 0
@@ -220,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(sp)
+        sp.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                        help="import this .py file or module first: the components it registers become names (repeatable)")
         sp.set_defaults(run=run)
     return p
 
@@ -236,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = parser().parse_args(argv)
+        args.plugin_records = _load_plugins(args.plugin)
         return args.run(args)
     except UserError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)

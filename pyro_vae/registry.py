@@ -22,6 +22,10 @@ if TYPE_CHECKING:  # the contracts name torch types; importing torch here would 
 T = TypeVar("T")
 
 
+class RegisteredTwice(ValueError):
+    """A name registered again (by a plugin, say); plugins turn it into a one-line error naming the plugin."""
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
@@ -30,12 +34,16 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                raise RegisteredTwice(f"{self.kind} {name!r} is registered twice")
             entry = _with_checked_options(self.kind, name, entry)
             self._entries[name] = entry
             return entry
 
         return add
+
+    def unregister(self, name: str) -> None:
+        """Drop an entry (a plugin's, when its import fails half-way or its file changed)."""
+        self._entries.pop(name, None)
 
     def __getitem__(self, name: str) -> T:
         self.check(name)

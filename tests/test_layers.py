@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 LAYERS = [
     {"errors", "registry", "io"},
     {"data"},
-    {"components"},
+    {"components", "plugins"},
     {"config", "model"},
     {"training"},
     {"evaluation"},

@@ -37,6 +37,8 @@ from pyro_vae.report.document import (
     render_html,
     render_markdown,
 )
+from pyro_vae.report.explorer import FILE as EXPLORER
+from pyro_vae.report.explorer import write_explorer
 from pyro_vae.report.figures import make_figures
 from pyro_vae.report.tables import (
     VARIANT_COLUMNS,
@@ -195,6 +197,9 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str],
 
     log("report: drawing figures")
     figures = make_figures(study, runs_dir, out_dir, results, values, class_names, log)
+    if write_explorer(study, runs_dir, out_dir, log):
+        figures.setdefault("codes", []).append(Paragraph([("b", "Explore the code spaces: "), ("link", EXPLORER),
+            " (hover to see what each variant decodes at a point, click to pin it in all of them)."]))
 
     blocks: list[Block] = [Heading(1, study.title)]
     if study.description:

@@ -87,6 +87,8 @@ def _md_inline(content: Inline) -> str:
             out.append(f"**{_md_escape(text)}**")
         elif style == "i":
             out.append(f"*{_md_escape(text)}*")
+        elif style == "link":  # a file next to the report, named by its own path
+            out.append(f"[{_md_escape(text)}]({text})")
         else:
             out.append(_md_escape(text))
     return "".join(out)
@@ -97,7 +99,10 @@ def _html_inline(content: Inline) -> str:
     out = []
     for style, text in _spans(content):
         escaped = html.escape(str(text))
-        out.append(f"<{tags[style]}>{escaped}</{tags[style]}>" if style in tags else escaped)
+        if style == "link":
+            out.append(f'<a href="{escaped}">{escaped}</a>')
+        else:
+            out.append(f"<{tags[style]}>{escaped}</{tags[style]}>" if style in tags else escaped)
     return "".join(out)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from pyro_vae import plugins
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.io import atomic_write_bytes, read_json
@@ -30,6 +31,8 @@ class Cell:
     epochs_left: int
     evaluate: bool  # the evaluation is missing or stale
     threads: int | None = None  # torch threads for this cell (None: leave the process's setting)
+    plugins: tuple[str, ...] = ()  # the study's plugins (paths, modules), imported before the config is read
+    tensorboard: bool = False
 
     @property
     def name(self) -> str:
@@ -56,11 +59,13 @@ def _settings_of(evaluation: Path) -> dict | None:
     return record.get("settings") if isinstance(record, dict) else None
 
 
-def make_cell(variant: str, seed: int, run: Path, cfg: TrainConfig, settings: dict) -> Cell:
+def make_cell(variant: str, seed: int, run: Path, cfg: TrainConfig, settings: dict, plugins: list[str] = (),
+              tensorboard: bool = False) -> Cell:
     """The cell of an existing or new run folder (whose config the caller has checked)."""
     done = len(runs.read_metrics(run)) if (run / runs.CHECKPOINT).exists() else 0
     left = max(cfg.epochs - done, 0)
-    return Cell(variant, seed, str(run), cfg.to_dict(), settings, left, left > 0 or evaluation_stale(run, settings))
+    return Cell(variant, seed, str(run), cfg.to_dict(), settings, left, left > 0 or evaluation_stale(run, settings),
+                plugins=tuple(plugins), tensorboard=tensorboard)
 
 
 # Data and the sample-quality scorer, kept for the next cell of the same dataset in this process.
@@ -89,13 +94,14 @@ def run_cell(cell: Cell, log: Callable[[str], None] = lambda m: None, progress: 
     if cell.threads:
         torch.set_num_threads(cell.threads)
     started, run = time.perf_counter(), Path(cell.run)
+    records = plugins.load_all(list(cell.plugins))  # in this process too, before any name is resolved
     cfg = TrainConfig.from_dict(cell.config, f"study cell {cell.name}")
     resumed_at = len(runs.read_metrics(run)) if (run / runs.CHECKPOINT).exists() else 0
     if cell.epochs_left:
         if resumed_at:
-            resume(run, cfg.epochs, progress=progress, log=log)
+            resume(run, cfg.epochs, progress=progress, log=log, tensorboard=cell.tensorboard)
         else:
-            train(cfg, run, force=True, progress=progress, log=log)
+            train(cfg, run, force=True, progress=progress, log=log, plugins=records, tensorboard=cell.tensorboard)
     trained = time.perf_counter() - started
     if cell.evaluate:
         data, scorer = _data_and_scorer(cfg, log)

@@ -66,7 +66,7 @@ def _run_study(study: Study, runs_dir: Path, log: Callable[[str], None], executi
         run, cfg = study.run_dir(runs_dir, variant, seed), study.config(variant, seed)
         if (run / runs.CONFIG).exists():
             _check_same_config(run, cfg)
-        cells.append(make_cell(variant, seed, run, cfg, settings))
+        cells.append(make_cell(variant, seed, run, cfg, settings, study.plugins, study.tensorboard))
     executor = make_executor(execution, study.resources, log)
     todo = [c for c in cells if c.todo]
     log(f"study {study.name}: {len(cells)} runs ({len(study.variants)} variants x {len(study.seeds)} seeds), "

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyro_vae import plugins
 from pyro_vae.config import SEED_LIMIT, TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import EvalSettings
@@ -55,6 +56,11 @@ class Study:
     evaluation: dict = field(default_factory=dict)
     claims: dict = field(default_factory=dict)  # the [claims.NAME] tables as written; see claim_specs
     resources: dict = field(default_factory=dict)  # per run on Ray; see pyro_vae.study.resources
+    plugins: list[str] = field(default_factory=list)  # files (absolute paths) and modules to import first
+    tensorboard: bool = False  # TensorBoard event files in every run folder
+
+    def plugin_records(self) -> list[dict]:
+        return plugins.load_all(self.plugins)
 
     def config(self, variant: str, seed: int) -> TrainConfig:
         cfg = TrainConfig.from_dict(self.base, "[base]")
@@ -76,11 +82,17 @@ class Study:
 
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "Study":
-        known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims", "resources"}
+        known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims", "resources",
+                 "plugins", "tensorboard"}
         if not isinstance(d, dict):
             raise UserError(f"{source} must be a table of study settings (name, seeds, [base], [variants.NAME])")
         if set(d) - known:
             raise UserError(f"unknown key(s) {', '.join(sorted(set(d) - known))} in {source}; valid: {', '.join(sorted(known))}")
+        d = dict(d)
+        specs = plugins.from_toml(d, source)  # imported before any variant's names are resolved
+        plugins.load_all(specs)
+        if not isinstance(d.get("tensorboard", False), bool):
+            raise UserError(f"tensorboard in {source} must be true or false, got {d['tensorboard']!r}")
         for key in ("name", "title", "description"):
             if key in d and not isinstance(d[key], str):
                 raise UserError(f"{key} in {source} must be a string, got {d[key]!r}")
@@ -110,7 +122,8 @@ class Study:
             description=d.get("description", ""), seeds=list(seeds), base=dict(d.get("base", {})),
             variants={k: dict(v) for k, v in d["variants"].items()}, compare=dict(d.get("compare", {})),
             evaluation=dict(d.get("evaluation", {})), claims=d.get("claims", {}),
-            resources=check_resources(dict(d.get("resources", {})), f"[resources] of {source}"),
+            resources=check_resources(dict(d.get("resources", {})), f"[resources] of {source}"), plugins=specs,
+            tensorboard=d.get("tensorboard", False),
         )
         for variant in study.variants:  # every cell must be a valid config and model before anything runs
             _check_variant(study.config(variant, study.seeds[0]), variant, source)

@@ -23,6 +23,7 @@ from typing import Iterator
 
 import torch
 
+from pyro_vae import plugins
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data, load_data
 from pyro_vae.errors import UserError
@@ -48,6 +49,13 @@ def versions() -> dict[str, str]:
 
 # What a run folder consists of; --force removes these and nothing else.
 RUN_FILES = {CONFIG, SPLIT, METRICS, CHECKPOINT, EVALUATION, "evaluation.npz"}
+TENSORBOARD = "tensorboard"  # a folder of TensorBoard event files (--tensorboard), replaced with the run
+
+
+def _is_run_entry(p: Path) -> bool:
+    if p.name == TENSORBOARD and p.is_dir() and not p.is_symlink():
+        return all(f.is_file() and f.name.startswith("events.out.tfevents.") for f in p.iterdir())
+    return p.name in RUN_FILES and p.is_file()
 LOCK = ".lock"
 
 
@@ -68,12 +76,14 @@ def prepare(out: Path, force: bool) -> Path:
     if entries:
         if not force:
             raise UserError(f"run folder {out} is not empty; pass --force to overwrite it or --resume {out} to continue it")
-        foreign = sorted(p.name for p in entries if p.name not in RUN_FILES or not p.is_file())
+        foreign = sorted(p.name for p in entries if not _is_run_entry(p))
         if foreign:
             raise UserError(f"{out} holds files that are not part of a run ({', '.join(foreign[:5])}"
                             f"{', ...' if len(foreign) > 5 else ''}); --force only replaces run folders: choose another --out")
         for p in entries:
-            p.unlink()
+            for f in p.iterdir() if p.is_dir() else ():
+                f.unlink()
+            p.rmdir() if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -130,6 +140,7 @@ def read_config(run: Path) -> tuple[TrainConfig, dict]:
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or not isinstance(record.get("data"), dict):
         raise UserError(f"{path} is damaged: it must be an object with 'config' and 'data' tables; "
                         "restore it or train the run again")
+    plugins.reload_recorded(record.get("plugins", []), run)  # its components must exist before its names resolve
     return TrainConfig.from_dict(record["config"], str(path)), record
 
 

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from pyro_vae import data as data_mod
+from pyro_vae import plugins
 from pyro_vae.components.objectives import OBJECTIVES
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_data
@@ -21,6 +22,7 @@ from pyro_vae.errors import DivergedError, UserError
 from pyro_vae.io import WriteError, atomic_write_json, log_to_stderr, seeded
 from pyro_vae.model import VAE, build_vae
 from pyro_vae.training import runs
+from pyro_vae.training import tensorboard as board
 from pyro_vae.training.batches import EpochInputs
 from pyro_vae.training.compiled import CompiledLoss, jit_wanted
 from pyro_vae.training.numerics import flush_denormals
@@ -59,12 +61,14 @@ class Trainer:
     """Holds one run's model, optimiser and data; `fit` trains to cfg.epochs, checkpointing each epoch."""
 
     def __init__(self, cfg: TrainConfig, run: Path, dataset: data_mod.Data, log: Callable[[str], None] = log_to_stderr,
-                 jit: bool | None = None):
+                 jit: bool | None = None, tensorboard: bool = False):
         self.cfg, self.run, self.log = cfg, Path(run), log
         self.device = torch.device(cfg.device)
         pyro.set_rng_seed(cfg.seed)
-        self.vae = build_vae(cfg).to(self.device)
-        self.objective = build_objective(cfg)
+        with plugins.blamed(cfg):  # a plugin's fault is named, not a traceback
+            self.vae = build_vae(cfg).to(self.device)
+            self.objective = build_objective(cfg)
+        plugins.check_built(cfg, self.vae, self.objective)
         self.optimizer = build_optimizer(self.vae.parameters(), cfg.lr, self.device)
         if jit is None:
             jit = jit_wanted()
@@ -74,6 +78,10 @@ class Trainer:
         self.test_obs = self.binarization.test(dataset.test_x.to(self.device), cfg.seed)
         self.epoch = 0
         self.inputs = EpochInputs(self.binarization, self.train_x, cfg.seed, cfg.epochs)
+        self.tensorboard = tensorboard
+        if tensorboard:
+            board.require()
+        self.board = None  # opened at the first epoch's end, once the run folder exists
 
     def restore(self, state: dict) -> None:
         runs.load_model_state(self.vae, state, self.run)
@@ -181,26 +189,36 @@ class Trainer:
                 raise WriteError(f"{e}; epoch {self.epoch} is lost, {kept}: continue with --resume {self.run} "
                                  "once there is room") from None
             lines.append(line)
+            if self.tensorboard:
+                self.board = self.board or board.EpochBoard(self.run, self.train_x, self.test_obs, self.binarization, self.cfg.seed, self.epoch - 1)
+                self.board.epoch(self, line)
             self.log(
                 f"epoch {self.epoch}/{self.cfg.epochs}: train {train_elbo:.2f}, test {test_elbo:.2f} nats/image "
                 f"({seconds:.1f} s)"
             )
+        if self.board is not None:
+            self.board.close()
+            self.board = None
         return lines
 
 
-def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool = True, log=log_to_stderr) -> Path:
-    """Train a new run into `out` (a fresh or, with force, replaced folder)."""
+def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool = True, log=log_to_stderr,
+          plugins: list[dict] = (), tensorboard: bool = False) -> Path:
+    """Train a new run into `out` (a fresh or, with force, replaced folder); `plugins` are the records
+    (pyro_vae.plugins.load_all) of the plugins it needs, kept in config.json."""
     cfg.validate()
     dataset = load_data(cfg)
     # Data, model and objective are built before touching `out`: a bad setting must not cost a folder.
-    trainer = Trainer(cfg, Path(out), dataset, log)
+    trainer = Trainer(cfg, Path(out), dataset, log, tensorboard=tensorboard)
     with runs.locked(out):
-        return _start(trainer, cfg, dataset, runs.prepare(out, force), progress, log)
+        return _start(trainer, cfg, dataset, runs.prepare(out, force), progress, log, list(plugins))
 
 
-def _start(trainer: Trainer, cfg: TrainConfig, dataset, run: Path, progress: bool, log) -> Path:
+def _start(trainer: Trainer, cfg: TrainConfig, dataset, run: Path, progress: bool, log, plugin_records: list[dict]) -> Path:
     record = {"config": cfg.to_dict(), "data": dataset.provenance, "versions": runs.versions(),
               "objective_note": "train_elbo/test_elbo in metrics.jsonl are the objective's bound per image (beta-scaled)"}
+    if plugin_records:
+        record["plugins"] = plugin_records
     atomic_write_json(run / runs.CONFIG, record)
     if dataset.split_indices is not None:
         atomic_write_json(run / runs.SPLIT, dataset.split_indices)
@@ -211,7 +229,7 @@ def _start(trainer: Trainer, cfg: TrainConfig, dataset, run: Path, progress: boo
 
 
 def resume(run: str | Path, epochs: int | None = None, progress: bool = True, log=log_to_stderr,
-           device: str | None = None) -> Path:
+           device: str | None = None, tensorboard: bool = False) -> Path:
     """Continue a run from its checkpoint, to its configured epochs or to `epochs`, on `device` when
     given (the device changes where it trains, not what: config.json keeps the one it was made on)."""
     run = Path(run)
@@ -223,7 +241,7 @@ def resume(run: str | Path, epochs: int | None = None, progress: bool = True, lo
     cfg.validate()
     dataset = load_data(cfg)
     runs.check_data(run, record, dataset.provenance)
-    trainer = Trainer(cfg, run, dataset, log)
+    trainer = Trainer(cfg, run, dataset, log, tensorboard=tensorboard)
     with runs.locked(run):
         trainer.restore(runs.load_checkpoint(run, cfg.device))
         if epochs is not None and epochs < trainer.epoch:

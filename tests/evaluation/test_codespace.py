@@ -4,12 +4,17 @@ evaluation's samplers."""
 import numpy as np
 import pytest
 import torch
+from conftest import small_config
 
-from pyro_vae.evaluation.evaluate import EvalSettings, _box_codes, _pairs, evaluate_run, manifold_axis
+from pyro_vae.evaluation.evaluate import (
+    EvalSettings,
+    _box_codes,
+    _pairs,
+    evaluate_run,
+    manifold_axis,
+)
 from pyro_vae.evaluation.holes import Hull
 from pyro_vae.evaluation.metrics import REFERENCE_SAMPLERS, SAMPLERS, sample_key
-
-from conftest import small_config
 
 SETTINGS = EvalSettings(num_samples=20, generated=200, pairs=100, likelihood_images=100, train_codes=600,
                         hole_codes=300, hole_mass_draws=500, perturb_images=100, null_draws=50, mmd_codes=200,

@@ -5,7 +5,12 @@ import math
 
 import pytest
 import torch
-from estimator_models import LinearGaussian, MixturePriorModel, trained_grid, trained_mnist_vae
+from estimator_models import (
+    LinearGaussian,
+    MixturePriorModel,
+    trained_grid,
+    trained_mnist_vae,
+)
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.evaluation import estimators as E

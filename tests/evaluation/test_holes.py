@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from pyro_vae.evaluation.holes import (Hull, code_spread, decile_means, hole_mass, kde_log_density,
-                                       mixture_log_density, neighbour_distance, recipe_codes)
+from pyro_vae.evaluation.holes import (
+    Hull,
+    code_spread,
+    decile_means,
+    hole_mass,
+    kde_log_density,
+    mixture_log_density,
+    neighbour_distance,
+    recipe_codes,
+)
 
 
 def test_hull_is_exact_in_2d_and_an_outer_polytope_above():

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from pyro_vae.evaluation.latent import centre_metrics
-from pyro_vae.evaluation.null import NULL_STATISTICS, elbo_surgery, mardia, mmd_standard_normal, mmd_test, null_statistics, null_test
+from pyro_vae.evaluation.null import (
+    NULL_STATISTICS,
+    elbo_surgery,
+    mardia,
+    mmd_standard_normal,
+    mmd_test,
+    null_statistics,
+    null_test,
+)
 
 
 def test_batched_statistics_agree_with_centre_metrics():

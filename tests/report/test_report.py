@@ -21,8 +21,8 @@ from pyro_vae.report.document import render_markdown
 from pyro_vae.report.tables import PARETO_WARN
 from pyro_vae.report.verdicts import claim_blocks
 from pyro_vae.study.claims import CLAIM_RULE, MIN_SEEDS, Claim
-from pyro_vae.study.statistics import HOLDS
 from pyro_vae.study.runner import Study, run_study
+from pyro_vae.study.statistics import HOLDS
 from pyro_vae.training import runs
 
 # The AE-vs-VAE claims as the shipped study file states them; with the two seeds of this test, claims 1
@@ -111,7 +111,9 @@ def test_html_is_self_contained_and_embeds_every_figure(built):
     figures = sorted((out / "figures").glob("*.png"))
     assert len(figures) >= 12
     refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page, flags=re.I)
-    assert refs and all(ref.startswith("data:") for ref in refs), [r[:40] for r in refs if not r.startswith("data:")]
+    # Everything it shows is embedded; its one plain link is to the explorer page beside it (a page to open, not a resource).
+    assert refs and all(ref.startswith("data:") or ref == "explorer.html" for ref in refs), [r[:40] for r in refs if not r.startswith("data:")]
+    assert refs.count("explorer.html") == 1 and (out / "explorer.html").is_file()
     assert "<link" not in page.lower() and "@import" not in page and "url(" not in page
     assert page.count("<img ") == len(figures)
     for png in figures:
@@ -299,7 +301,14 @@ def test_unfinished_run_is_an_error_not_a_training(study_runs, tmp_path):
 
 
 def test_renderers_escape_their_input(tmp_path):
-    from pyro_vae.report.document import Bullets, Cell, Heading, Paragraph, Table, render_html
+    from pyro_vae.report.document import (
+        Bullets,
+        Cell,
+        Heading,
+        Paragraph,
+        Table,
+        render_html,
+    )
 
     blocks = [Heading(1, "A <b> & B"), Paragraph(["x < y & ", ("code", "a|b"), " ", ("b", "*bold*")], "warning"),
               Bullets(["<script>alert(1)</script>"]),

@@ -10,7 +10,16 @@ import pytest
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.metrics import expected_max_radius
 from pyro_vae.io import read_toml
-from pyro_vae.study.claims import FAILS, HOLDS, INCONCLUSIVE, MIN_SEEDS, NOT_JUDGED, ClaimTest, judge_claims, parse_claims
+from pyro_vae.study.claims import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    MIN_SEEDS,
+    NOT_JUDGED,
+    ClaimTest,
+    judge_claims,
+    parse_claims,
+)
 from pyro_vae.study.spec import Study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"

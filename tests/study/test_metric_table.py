@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from pyro_vae.evaluation.metrics import GROUPS, METRICS, REQUIREMENTS, SAMPLERS, direction, expected_keys, flat_metrics, metric
+from pyro_vae.evaluation.metrics import (
+    GROUPS,
+    METRICS,
+    REQUIREMENTS,
+    SAMPLERS,
+    direction,
+    expected_keys,
+    flat_metrics,
+    metric,
+)
 from pyro_vae.report.tables import result_row
 from pyro_vae.study.runner import Study, collect, run_study
 
