@@ -16,6 +16,7 @@ Claims they quantify (AE vs MAP-AE vs VAE):
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -236,20 +237,28 @@ def logdet_spread(codes, labels, bootstrap: int = 200, max_per_class: int = 500,
     every class's spread, so the evenness needs no whitening. Its 95% interval resamples each class's
     support images with replacement `bootstrap` times (the support held fixed).
 
+    A class with too few codes for a robust covariance (at most 2(d + 1)) gets NaN and is left out of the
+    evenness; with fewer than two classes left every number is NaN.
+
     Returns ``class_logdet_spread`` (per class, sorted labels), ``logdet_spread_sd`` and its interval
     ``logdet_spread_sd_low`` / ``logdet_spread_sd_high``.
     """
     x = _check_codes(codes)
     lab = _check_labels(labels, x.shape[0])
     rng = np.random.default_rng(seed)
-    supports = []
+    supports, spreads = [], {}
     for c in np.unique(lab):
         members = x[lab == c]
         if len(members) > max_per_class:
             members = members[rng.choice(len(members), max_per_class, replace=False)]
-        if len(members) <= x.shape[1] + 1:
-            raise ValueError(f"class {c} has {len(members)} codes; a {x.shape[1]}-D covariance needs more")
+        if len(members) <= 2 * (x.shape[1] + 1):  # too few for a robust covariance: the class has no volume
+            spreads[c] = None
+            continue
+        spreads[c] = len(supports)
         supports.append(members[MinCovDet(random_state=seed).fit(members).support_])
+    if len(supports) < 2:
+        return {"class_logdet_spread": [math.nan] * len(spreads), "logdet_spread_sd": math.nan,
+                "logdet_spread_sd_low": math.nan, "logdet_spread_sd_high": math.nan}
 
     def half_logdet(samples: np.ndarray) -> np.ndarray:  # (..., n, d) -> (...,), unbiased covariance
         centred = samples - samples.mean(-2, keepdims=True)
@@ -260,5 +269,6 @@ def logdet_spread(codes, labels, bootstrap: int = 200, max_per_class: int = 500,
     # (bootstrap, classes): every resample of every class at once.
     boot = np.stack([half_logdet(p[rng.integers(len(p), size=(bootstrap, len(p)))]) for p in supports], 1).std(1)
     low, high = np.percentile(boot, [2.5, 97.5]) if bootstrap else (np.nan, np.nan)
-    return {"class_logdet_spread": [float(v) for v in values], "logdet_spread_sd": float(values.std()),
+    per_class = [math.nan if i is None else float(values[i]) for i in spreads.values()]
+    return {"class_logdet_spread": per_class, "logdet_spread_sd": float(values.std()),
             "logdet_spread_sd_low": float(low), "logdet_spread_sd_high": float(high)}

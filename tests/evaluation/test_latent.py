@@ -247,3 +247,15 @@ def test_logdet_spread_measures_known_scale_factors():
     assert mapped["logdet_spread_sd"] == pytest.approx(out["logdet_spread_sd"], abs=0.02)
     even = logdet_spread(rng.standard_normal((1600, 2)), labels, bootstrap=0)
     assert even["logdet_spread_sd"] < 0.1 < out["logdet_spread_sd"]
+
+
+def test_logdet_spread_leaves_out_classes_too_small_for_a_covariance():
+    from pyro_vae.evaluation.latent import logdet_spread
+
+    rng = np.random.default_rng(0)
+    codes = np.concatenate([rng.standard_normal((200, 2)), 3 * rng.standard_normal((200, 2)), rng.standard_normal((3, 2))])
+    labels = np.repeat([0, 1, 2], [200, 200, 3])
+    out = logdet_spread(codes, labels, bootstrap=0)
+    assert np.isnan(out["class_logdet_spread"][2]) and not np.isnan(out["logdet_spread_sd"])
+    assert out["class_logdet_spread"][1] - out["class_logdet_spread"][0] == pytest.approx(2 * np.log(3), abs=0.3)
+    assert np.isnan(logdet_spread(codes[400:], labels[400:], bootstrap=0)["logdet_spread_sd"])
