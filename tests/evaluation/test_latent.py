@@ -258,4 +258,5 @@ def test_logdet_spread_leaves_out_classes_too_small_for_a_covariance():
     out = logdet_spread(codes, labels, bootstrap=0)
     assert np.isnan(out["class_logdet_spread"][2]) and not np.isnan(out["logdet_spread_sd"])
     assert out["class_logdet_spread"][1] - out["class_logdet_spread"][0] == pytest.approx(2 * np.log(3), abs=0.3)
-    assert np.isnan(logdet_spread(codes[400:], labels[400:], bootstrap=0)["logdet_spread_sd"])
+    tiny = logdet_spread(rng.standard_normal((6, 2)), np.repeat([0, 1], 3), bootstrap=0)
+    assert np.isnan(tiny["logdet_spread_sd"]) and len(tiny["class_logdet_spread"]) == 2
