@@ -42,6 +42,20 @@ def test_bad_settings_get_one_line_errors(capsys, tmp_path, argv, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_what_needs_no_data_is_checked_before_the_data(capsys, tmp_path, monkeypatch):
+    """With PYRO_VAE_DATA pointing at an empty folder, loading data would fail: these errors must come first."""
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "empty"))
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "run"), "--prior", "vamp", "--guide", "delta")
+    assert code == 2 and "prior 'vamp'" in err and "guide 'delta'" in err and not (tmp_path / "run").exists()
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "used"))
+    assert code == 2 and "is not empty; pass --force" in err
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "used"), "--force")
+    assert code == 2 and "not part of a run (notes.txt)" in err
+    assert (tmp_path / "used" / "notes.txt").read_text() == "mine"
+
+
 def test_missing_out_and_bad_config_files(capsys, tmp_path):
     assert run_cli(capsys, "train", *SMALL)[2].startswith("pyro-vae: error: --out RUN_DIR is required")
     code, _, err = run_cli(capsys, "train", "--config", str(tmp_path / "none.toml"), "--out", str(tmp_path / "r"))

@@ -18,7 +18,7 @@ from pyro_vae.evaluation.evaluate import Scorer, evaluate_run, read_evaluation
 from pyro_vae.io import atomic_write_json, read_json
 from pyro_vae.study.spec import STUDY_FILE, Study
 from pyro_vae.training import runs
-from pyro_vae.training.trainer import resume, train
+from pyro_vae.training.trainer import check, resume, train
 
 # Study and STUDY_FILE live in spec.py; they stay importable from here, where callers first found them.
 __all__ = ["run_study", "evaluate_study", "collect", "Study", "STUDY_FILE"]
@@ -43,6 +43,8 @@ def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
               log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Path:
     """Train every variant x seed (skipping complete runs, resuming unfinished ones), then evaluate them."""
     runs_dir = Path(runs_dir)
+    for variant in study.variants:  # a variant whose model cannot be built fails before any folder is written
+        check(study.config(variant, study.seeds[0]))
     runs_dir.mkdir(parents=True, exist_ok=True)
     if (runs_dir / STUDY_FILE).exists():
         previous = read_json(runs_dir / STUDY_FILE)

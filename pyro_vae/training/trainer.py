@@ -179,9 +179,21 @@ class Trainer:
         return lines
 
 
+def check(cfg: TrainConfig) -> TrainConfig:
+    """Everything about a config that can be checked without data: its values, and that its model and
+    objective can be built (e.g. the vamp prior needs a guide with an encoder network). Cheap, so it
+    runs before data is loaded and before any folder is written."""
+    cfg.validate()
+    with seeded(cfg.seed):  # the throwaway model draws from its own stream, not the run's
+        build_vae(cfg)
+    build_objective(cfg)
+    return cfg
+
+
 def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool = True, log=log_to_stderr) -> Path:
     """Train a new run into `out` (a fresh or, with force, replaced folder)."""
-    cfg.validate()
+    check(cfg)
+    runs.check_target(Path(out), force)
     dataset = load_data(cfg)
     # Data, model and objective are built before touching `out`: a bad setting must not cost a folder.
     trainer = Trainer(cfg, Path(out), dataset, log)
@@ -207,7 +219,7 @@ def resume(run: str | Path, epochs: int | None = None, progress: bool = True, lo
     cfg, record = runs.read_config(run)
     if epochs is not None:
         cfg.epochs = epochs
-    cfg.validate()
+    check(cfg)
     dataset = load_data(cfg)
     for key in ("train_file", "test_file"):
         if key in record["data"] and record["data"][key]["images_sha256"] != dataset.provenance.get(key, {}).get("images_sha256"):
