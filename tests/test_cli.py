@@ -105,6 +105,15 @@ def test_console_script_and_torchvision_import():
     assert done.returncode == 2 and "Traceback" not in done.stderr and "unknown guide 'nope'" in done.stderr
 
 
+@pytest.mark.slow
+def test_progress_in_a_pipe_is_one_plain_line_per_epoch(tmp_path):
+    done = subprocess.run(["pyro-vae", "train", "--out", str(tmp_path / "run"), "--epochs", "2", "--train-limit", "500",
+                           "--test-limit", "200"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "batch/s" not in done.stderr
+    assert [line.split(":")[0] for line in done.stderr.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+
+
 def test_every_train_config_field_has_a_flag_with_help_and_its_default():
     import dataclasses
 

@@ -123,6 +123,9 @@ class Trainer:
         pending: list[torch.Tensor] = []
         starts = range(0, n, size)
         last_step = len(starts)
+        # A bar only on a terminal: in a file or pipe (nohup, CI, a cluster log) its carriage-return frames
+        # would flood the log, which gets the one line per epoch that _fit writes instead.
+        progress = progress and sys.stderr.isatty()
         bar = tqdm(starts, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not progress, file=sys.stderr)
         with contextlib.ExitStack() as unvalidated:
             for step, start in enumerate(bar, 1):
