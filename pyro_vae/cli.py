@@ -171,9 +171,11 @@ def _report(args: argparse.Namespace) -> int:
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run folder")
-    p.add_argument("--num-samples", type=int, default=1000, help="importance samples per image (K)")
-    p.add_argument("--likelihood-images", type=int, help="estimate log p(x) on the first N test images only")
-    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's random draws")
+    p.add_argument("--num-samples", type=int, default=1000, help="importance samples per image (K), e.g. 100 for a quick look (default: 1000)")
+    p.add_argument("--likelihood-images", type=int, metavar="N",
+                   help="estimate log p(x) on the first N test images only, e.g. 500 (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's random draws (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the whole evaluation as JSON instead of the summary")
 
 
 @command("evaluate", "evaluate a run: ELBO, log p(x), latent metrics, sample quality -> evaluation.json", _evaluate_arguments)
@@ -185,7 +187,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
     result = evaluate_run(args.run_dir, EvalSettings(num_samples=args.num_samples, likelihood_images=args.likelihood_images, seed=args.seed))
-    print(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from pathlib import Path
+
+    from pyro_vae.evaluation.metrics import headline_summary
+    from pyro_vae.training.runs import EVALUATION
+
+    print(f"{args.run_dir}: {result['epochs_trained']} epoch(s) trained; every metric in {Path(args.run_dir) / EVALUATION}")
+    print("\n".join(headline_summary(result)))
     return 0
 
 

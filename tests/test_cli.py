@@ -114,6 +114,21 @@ def test_progress_in_a_pipe_is_one_plain_line_per_epoch(tmp_path):
     assert [line.split(":")[0] for line in done.stderr.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
 
 
+def test_evaluate_prints_a_short_summary_and_writes_the_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--out", str(run), "--epochs", "1", *SMALL)[0] == 0
+    settings = ["--num-samples", "5", "--likelihood-images", "50"]
+    code, out, err = run_cli(capsys, "evaluate", str(run), *settings)
+    assert code == 0, err
+    saved = json.loads((run / "evaluation.json").read_text())["metrics"]
+    lines = out.splitlines()
+    assert 3 <= len(lines) <= 6 and str(run / "evaluation.json") in lines[0]
+    assert "(nats / image): " in out and f"test ELBO {saved['test_elbo']:.4g}," in out and f"log p(x) exact {saved['log_px_exact']:.4g}" in out
+    assert f"Gaussian KL to N(0,I) {saved['gaussian_kl']:.4g}" in out and "prior FID" in out
+    code, out, _ = run_cli(capsys, "evaluate", str(run), "--json", *settings)
+    assert code == 0 and json.loads(out)["recon_bce"] == pytest.approx(saved["recon_bce"])
+
+
 def test_every_train_config_field_has_a_flag_with_help_and_its_default():
     import dataclasses
 
