@@ -139,33 +139,55 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _study_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", help="study TOML file (see studies/)")
-    p.add_argument("--out", required=True, help="folder for the study's run folders")
-    p.add_argument("--report", help="report folder (default: RUNS_DIR/report)")
+    p.add_argument("study", help="study TOML file, e.g. studies/ae_vs_vae.toml")
+    p.add_argument("--out", required=True, metavar="RUNS_DIR", help="folder for the study's run folders, e.g. runs/ae_vs_vae")
+    p.add_argument("--report", metavar="DIR", help="report folder (default: RUNS_DIR/report)")
+    p.add_argument("--epochs", type=int, metavar="N", help="train every run for N epochs, e.g. 5 for a first look (default: the file's)")
+    p.add_argument("--seeds", metavar="LIST", help="seeds to run, comma-separated, e.g. 0 or 0,1 (default: the file's)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding <Name>/raw/*-ubyte[.gz], e.g. ~/data "
+                                                      "(default: $PYRO_VAE_DATA, the cache, a download, the MNIST sample)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a [base] setting, e.g. --set lr=3e-4 or --set train_limit=2000 (repeatable; "
+                        "the value is read as TOML; default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 @command("study", "train, evaluate and report every variant x seed of a study", _study_arguments)
 def _study(args: argparse.Namespace) -> int:
     from pyro_vae.report.build import build_report
+    from pyro_vae.study.overrides import parse_seeds, with_overrides
     from pyro_vae.study.runner import Study, run_study
 
-    study = Study.load(args.study)
+    settings = _parse_options(args.settings, "--set")
+    settings.update({key: value for key, value in (("epochs", args.epochs), ("data_dir", args.data_dir)) if value is not None})
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    study = with_overrides(Study.load(args.study), args.study, settings, seeds)
     runs_dir = run_study(study, args.out, progress=not args.no_progress)
     print(build_report(runs_dir, args.report or runs_dir / "report"))
     return 0
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder a study wrote its runs into")
-    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("runs", nargs="+", metavar="RUNS_DIR | RUN_DIR",
+                   help="the folder a study wrote its runs into (e.g. runs/ae_vs_vae), or run folders to compare side "
+                        "by side (e.g. runs/ae runs/vae; each is named after its folder)")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder, e.g. runs/ae_vs_vae/report")
 
 
-@command("report", "rebuild a study's report from its run folders (no retraining)", _report_arguments)
+@command("report", "build a report from finished runs: a study's (unfinished ones listed) or any run folders "
+                   "side by side (no retraining)", _report_arguments)
 def _report(args: argparse.Namespace) -> int:
-    from pyro_vae.report.build import build_report
+    from pathlib import Path
 
-    print(build_report(args.runs_dir, args.out))
+    from pyro_vae.report.build import build_report, build_runs_report
+    from pyro_vae.study.spec import STUDY_FILE
+
+    if len(args.runs) == 1 and (Path(args.runs[0]) / STUDY_FILE).exists():
+        print(build_report(args.runs[0], args.out))
+    elif len(args.runs) == 1 and not Path(args.runs[0]).is_dir():
+        raise UserError(f"{args.runs[0]} does not exist; give a study's RUNS_DIR or run folders")
+    else:
+        print(build_runs_report(args.runs, args.out))
     return 0
 
 

@@ -34,7 +34,7 @@ from pyro_vae.study.statistics import (
     summarize,
 )
 
-__all__ = ["ClaimSpec", "Claim", "parse_claims", "judge_claims", "claim_verdict", "CLAIM_RULE",
+__all__ = ["ClaimSpec", "Claim", "parse_claims", "judge_claims", "claim_verdict", "missing_runs_note", "CLAIM_RULE",
            "HOLDS", "PARTLY", "FAILS", "NOT_JUDGED"]
 
 HOLDS, PARTLY, FAILS, NOT_JUDGED = "holds", "holds partly", "does not hold", "not judged"
@@ -166,10 +166,22 @@ class Claim:
     rows: list[dict]  # one per metric: metric, baseline_metric, baseline/candidate summaries, comparison
     baseline: str
     candidate: str
+    note: str = ""  # why the claim is not judged yet (runs it needs that have not finished)
 
 
-def _judge(spec: ClaimSpec, values: dict[str, dict[str, list[float]]], context: dict[str, dict]) -> Claim:
+def missing_runs_note(spec: ClaimSpec, runs: dict[str, tuple[int, int]]) -> str:
+    """"" when both sides of the claim have all their planned runs, else what is missing.
+
+    ``runs[variant]`` is (finished, planned). A verdict on fewer runs than the study plans would rest
+    on a sample the claim was not designed for, so it waits for them."""
+    short = [f"{v} {runs[v][0]} of {runs[v][1]}" for v in (spec.baseline, spec.candidate) if v in runs and runs[v][0] < runs[v][1]]
+    return f"waiting for runs: {', '.join(short)} finished" if short else ""
+
+
+def _judge(spec: ClaimSpec, values: dict[str, dict[str, list[float]]], context: dict[str, dict],
+           runs: dict[str, tuple[int, int]]) -> Claim:
     baseline, candidate = spec.baseline, spec.candidate
+    waiting = missing_runs_note(spec, runs)
 
     def direction_of(variant: str, key: str):
         ctx = context.get(variant, {})
@@ -193,19 +205,22 @@ def _judge(spec: ClaimSpec, values: dict[str, dict[str, list[float]]], context: 
         if vb is None or vc is None or better is None:  # e.g. max_radius without the code count its target needs
             continue
         _, target_b = direction_of(baseline, metric_b)
+        judged = compare_metric(vb, vc, better, target, target_b)
+        if waiting:
+            judged.update(verdict=UNJUDGED, reason=waiting)
         rows.append({"metric": metric_c, "baseline_metric": metric_b, "better": better, "target": target,
-                     "baseline": summarize(vb), "candidate": summarize(vc),
-                     **compare_metric(vb, vc, better, target, target_b)})
+                     "baseline": summarize(vb), "candidate": summarize(vc), **judged})
     names = {"baseline": baseline, "candidate": candidate}
     return Claim(spec.key, spec.title.format(**names), spec.text.format(**names),
-                 claim_verdict([r["verdict"] for r in rows]), rows, baseline, candidate)
+                 claim_verdict([r["verdict"] for r in rows]), rows, baseline, candidate, waiting)
 
 
 def judge_claims(specs: Sequence[ClaimSpec], values: dict[str, dict[str, list[float]]],
-                 context: dict[str, dict] | None = None) -> list[Claim]:
+                 context: dict[str, dict] | None = None, runs: dict[str, tuple[int, int]] | None = None) -> list[Claim]:
     """Judge each claim from per-seed values.
 
     ``values[variant][metric]`` lists one value per seed; ``context[variant]`` may give
-    ``n_classes``, ``n_codes`` and ``latent_dim`` (for the label-entropy and max-radius targets).
+    ``n_classes``, ``n_codes`` and ``latent_dim`` (for the label-entropy and max-radius targets);
+    ``runs[variant]`` (finished, planned) leaves a claim not judged while a side lacks runs.
     """
-    return [_judge(spec, values, context or {}) for spec in specs]
+    return [_judge(spec, values, context or {}, runs or {}) for spec in specs]

@@ -85,11 +85,11 @@ def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
     return runs_dir
 
 
-def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None]) -> None:
-    """Evaluate every run whose evaluation is missing or older than its checkpoint."""
+def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None], cells: list[tuple[str, int]] | None = None) -> None:
+    """Evaluate every run (of `cells`, default all) whose evaluation is missing or older than its checkpoint."""
     settings = study.eval_settings()
     stale = []
-    for variant, seed in study.cells():
+    for variant, seed in study.cells() if cells is None else cells:
         run = study.run_dir(runs_dir, variant, seed)
         evaluation = run / runs.EVALUATION
         if not evaluation.exists() or evaluation.stat().st_mtime < (run / runs.CHECKPOINT).stat().st_mtime \
@@ -107,10 +107,10 @@ def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None]) -> 
         evaluate_run(run, settings, scorer=scorer, data=data, log=log)
 
 
-def collect(study: Study, runs_dir: Path) -> list[dict]:
-    """One row per run: variant, seed, config, final metrics and evaluation (evaluating what lacks it)."""
+def collect(study: Study, runs_dir: Path, cells: list[tuple[str, int]] | None = None) -> list[dict]:
+    """One row per run (of `cells`, default all): variant, seed, config, final metrics and evaluation."""
     rows = []
-    for variant, seed in study.cells():
+    for variant, seed in study.cells() if cells is None else cells:
         run = study.run_dir(runs_dir, variant, seed)
         if not runs.is_complete(run):
             raise UserError(f"{run} is missing or unfinished; run `pyro-vae study` to train it first")

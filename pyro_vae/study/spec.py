@@ -47,6 +47,7 @@ class Study:
     compare: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
     claims: dict = field(default_factory=dict)  # the [claims.NAME] tables as written; see claim_specs
+    overrides: dict = field(default_factory=dict)  # what the command line changed (study/overrides.py); in study.json only
 
     def config(self, variant: str, seed: int) -> TrainConfig:
         cfg = TrainConfig.from_dict(self.base, "[base]")
@@ -100,4 +101,8 @@ class Study:
 
     @classmethod
     def from_runs_dir(cls, runs_dir: str | Path) -> "Study":
-        return cls.from_dict(read_json(Path(runs_dir) / STUDY_FILE), str(Path(runs_dir) / STUDY_FILE))
+        d = read_json(Path(runs_dir) / STUDY_FILE)
+        overrides = d.pop("overrides", {})
+        study = cls.from_dict(d, str(Path(runs_dir) / STUDY_FILE))
+        study.overrides = overrides
+        return study

@@ -238,16 +238,58 @@ def test_missing_evaluation_is_recomputed_without_retraining(study_runs, tmp_pat
     assert (tmp_path / "again" / "report.html").is_file()
 
 
-def test_unfinished_run_is_an_error_not_a_training(study_runs, tmp_path):
+def test_partial_study_reports_what_finished_and_judges_no_claim_short_of_runs(study_runs, tmp_path):
     study, runs_dir = study_runs
     copy = tmp_path / "runs"
     shutil.copytree(runs_dir, copy)
-    (study.run_dir(copy, "AE", 1) / runs.CHECKPOINT).unlink()
-    with pytest.raises(UserError, match="missing or unfinished"):
-        build_report(copy, tmp_path / "report", log=_quiet)
-    assert not (study.run_dir(copy, "AE", 1) / runs.CHECKPOINT).exists()
+    (study.run_dir(copy, "AE", 1) / runs.CHECKPOINT).unlink()  # unfinished
+    messages = []
+    build_report(copy, tmp_path / "report", log=messages.append)
+    assert not (study.run_dir(copy, "AE", 1) / runs.CHECKPOINT).exists()  # nothing was trained
+    assert any("AE/seed-1 is missing or unfinished" in m for m in messages)
+    text = (tmp_path / "report" / "report.md").read_text()
+    title, top = text.split("\n\n")[:2]
+    assert title.startswith("# ") and "Partial report: 3 of 4 runs have finished" in top and "AE seed 1" in top
+    rows = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [("AE", 0), ("VAE", 0), ("VAE", 1)]
+    # Every claim compares AE with VAE, and AE has 1 of its 2 runs: no verdict, and the reason said.
+    verdicts = re.findall(r"\*\*Verdict: the claim ([^*]+)\*\* \(([^)]*)\)", text)
+    assert len(verdicts) == len(AE_VS_VAE_CLAIMS)
+    assert all(v == "not judged" and "waiting for runs: AE 1 of 2 finished" in why for v, why in verdicts)
+    assert not re.search(r"\| \**(better|worse|no clear difference)\** \|$", text, re.M)  # no metric verdict either
     with pytest.raises(UserError):
         build_report(tmp_path / "nowhere", tmp_path / "report2", log=_quiet)
+
+
+def test_claims_wait_for_the_runs_the_study_plans():
+    spec = report.Study.from_dict(STUDY, "tiny.toml").claim_specs()[1]  # centre: AE vs VAE
+    values = {"AE": {"mean_norm": [5.0, 5.1, 4.9], "gaussian_kl": [3.0, 3.1, 2.9], "share_in_95": [0.5, 0.6, 0.55]},
+              "VAE": {"mean_norm": [0.1, 0.12, 0.11], "gaussian_kl": [0.1, 0.12, 0.11], "share_in_95": [0.95, 0.94, 0.95]}}
+    assert judge_claims([spec], values, runs={"AE": (3, 3), "VAE": (3, 3)})[0].verdict == HOLDS
+    waiting = judge_claims([spec], values, runs={"AE": (3, 3), "VAE": (3, 4)})[0]
+    assert waiting.verdict == "not judged" and waiting.note == "waiting for runs: VAE 3 of 4 finished"
+    assert {r["verdict"] for r in waiting.rows} == {"not judged"}
+
+
+def test_loose_run_folders_are_compared_side_by_side(study_runs, tmp_path):
+    study, runs_dir = study_runs
+    loose = tmp_path / "loose"
+    for name, (variant, seed) in {"ae": ("AE", 0), "vae": ("VAE", 1), "vae-short": ("VAE", 0)}.items():
+        shutil.copytree(study.run_dir(runs_dir, variant, seed), loose / name)
+    (loose / "vae-short" / runs.CHECKPOINT).unlink()
+    evaluations = {n: (loose / n / runs.EVALUATION).stat().st_mtime_ns for n in ("ae", "vae")}
+    out = report.build_runs_report([loose / "ae", loose / "vae", loose / "vae-short"], tmp_path / "report", log=_quiet)
+    assert {n: (loose / n / runs.EVALUATION).stat().st_mtime_ns for n in ("ae", "vae")} == evaluations  # not re-evaluated
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert out.is_file() and "Partial report: 2 of 3 runs have finished" in text and "vae-short seed 0" in text
+    assert "carry no claims" in text and "Verdict:" not in text
+    assert "| variant | guide | beta |" in text and "| ae | delta | 0 |" in text and "| vae | gaussian | 1 |" in text
+    rows = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in rows] == [("ae", 0), ("vae", 1)]
+    with pytest.raises(UserError, match="not a run folder"):
+        report.build_runs_report([loose / "ae", tmp_path], tmp_path / "r2", log=_quiet)
+    with pytest.raises(UserError, match="both be called"):
+        report.build_runs_report([loose / "ae", loose / "ae"], tmp_path / "r3", log=_quiet)
 
 
 # ---------------------------------------------------------------------------------------------
