@@ -196,7 +196,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=1000, help="importance samples per image (K), e.g. 100 for a quick look (default: 1000)")
     p.add_argument("--likelihood-images", type=int, metavar="N",
                    help="estimate log p(x) on the first N test images only, e.g. 500 (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's random draws (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's random draws, e.g. 1 (default: 0)")
     p.add_argument("--json", action="store_true", help="print the whole evaluation as JSON instead of the summary")
 
 
