@@ -141,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
 def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study TOML file, e.g. studies/ae_vs_vae.toml")
     p.add_argument("--out", required=True, metavar="RUNS_DIR", help="folder for the study's run folders, e.g. runs/ae_vs_vae")
-    p.add_argument("--report", metavar="DIR", help="report folder (default: RUNS_DIR/report)")
+    p.add_argument("--report", metavar="DIR", help="report folder, e.g. reports/ae_vs_vae (default: RUNS_DIR/report)")
     p.add_argument("--epochs", type=int, metavar="N", help="train every run for N epochs, e.g. 5 for a first look (default: the file's)")
     p.add_argument("--seeds", metavar="LIST", help="seeds to run, comma-separated, e.g. 0 or 0,1 (default: the file's)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding <Name>/raw/*-ubyte[.gz], e.g. ~/data "

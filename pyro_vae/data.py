@@ -215,6 +215,7 @@ def locate(
     if _available_splits(raw):
         return raw, "cache"
     reason = _FAILED_DOWNLOADS.get((dataset, download))
+    said = reason is not None
     try:
         if reason is None:
             download(spec, cache_root)
@@ -222,7 +223,8 @@ def locate(
         reason = _FAILED_DOWNLOADS[dataset, download] = download_failure_reason(e)
     if reason is not None:
         if dataset == "mnist":
-            notify(f"download of {dataset} failed ({reason}); {EMBEDDED_NOTE}")
+            if not said:  # once per process: a study loads the data once per run
+                notify(f"download of {dataset} failed ({reason}); {EMBEDDED_NOTE}")
             return EMBEDDED_ROOT / "MNIST" / "raw", "embedded"
         raise DataError(
             f"{dataset} not found in {raw} and the download failed ({reason}); "
