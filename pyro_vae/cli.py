@@ -208,6 +208,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.likelihood_images is not None and args.likelihood_images < 1:
+        raise UserError(f"--likelihood-images must be at least 1 (or left out for all test images), got {args.likelihood_images}")
     result = evaluate_run(args.run_dir, EvalSettings(num_samples=args.num_samples, likelihood_images=args.likelihood_images, seed=args.seed))
     if args.json:
         print(json.dumps(result, indent=2))
