@@ -46,11 +46,9 @@ def with_overrides(study: Study, source: str, settings: dict[str, Any], seeds: l
     if "epochs" in settings and not (isinstance(settings["epochs"], int) and settings["epochs"] >= 1):
         raise UserError(f"a study trains every run for at least 1 epoch; got epochs={settings['epochs']!r}")
     d = asdict(study)
-    d.pop("overrides")
     d["base"] = {**d["base"], **settings}
     recorded: dict[str, Any] = {"settings": settings} if settings else {}
     if seeds is not None:
         d["seeds"], recorded["seeds"] = seeds, seeds
-    changed = Study.from_dict(d, f"{source} with the command line's changes")
-    changed.overrides = recorded
-    return changed
+    d["overrides"] = recorded
+    return Study.from_dict(d, f"{source} with the command line's changes")

@@ -47,7 +47,7 @@ class Study:
     compare: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
     claims: dict = field(default_factory=dict)  # the [claims.NAME] tables as written; see claim_specs
-    overrides: dict = field(default_factory=dict)  # what the command line changed (study/overrides.py); in study.json only
+    overrides: dict = field(default_factory=dict)  # what the command line changed (study/overrides.py), kept in study.json
 
     def config(self, variant: str, seed: int) -> TrainConfig:
         cfg = TrainConfig.from_dict(self.base, "[base]")
@@ -69,7 +69,7 @@ class Study:
 
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "Study":
-        known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims"}
+        known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims", "overrides"}
         if set(d) - known:
             raise UserError(f"unknown key(s) {', '.join(sorted(set(d) - known))} in {source}; valid: {', '.join(sorted(known))}")
         if not d.get("variants"):
@@ -84,7 +84,7 @@ class Study:
             name=d.get("name", Path(source).stem), title=d.get("title", d.get("name", Path(source).stem)),
             description=d.get("description", ""), seeds=list(seeds), base=dict(d.get("base", {})),
             variants={k: dict(v) for k, v in d["variants"].items()}, compare=dict(d.get("compare", {})),
-            evaluation=dict(d.get("evaluation", {})), claims=d.get("claims", {}),
+            evaluation=dict(d.get("evaluation", {})), claims=d.get("claims", {}), overrides=dict(d.get("overrides", {})),
         )
         for variant in study.variants:
             study.config(variant, study.seeds[0])  # every cell must be a valid config before anything runs
@@ -101,8 +101,4 @@ class Study:
 
     @classmethod
     def from_runs_dir(cls, runs_dir: str | Path) -> "Study":
-        d = read_json(Path(runs_dir) / STUDY_FILE)
-        overrides = d.pop("overrides", {})
-        study = cls.from_dict(d, str(Path(runs_dir) / STUDY_FILE))
-        study.overrides = overrides
-        return study
+        return cls.from_dict(read_json(Path(runs_dir) / STUDY_FILE), str(Path(runs_dir) / STUDY_FILE))
