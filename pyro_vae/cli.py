@@ -150,6 +150,28 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
                    help="change a [base] setting, e.g. --set lr=3e-4 or --set train_limit=2000 (repeatable; "
                         "the value is read as TOML; default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _execution_arguments(p)
+
+
+def _execution_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once in local worker processes (default 1: "
+                   "one after another in this process)")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: the cores shared out among the workers)")
+    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS", help="run each variant x seed as a task on the Ray "
+                   "cluster at ADDRESS (alone or 'auto': $RAY_ADDRESS, a running `ray start`, else a local one); "
+                   'needs pip install "pyro-vae[ray]"')
+    p.add_argument("--cpus-per-run", type=float, help="CPUs one run asks of Ray (default: the study's [resources] cpus, else 1)")
+    p.add_argument("--gpus-per-run", type=float, help="GPUs (or a share of one) one run asks of Ray (default: [resources] gpus, else 0)")
+
+
+def _execution(args: argparse.Namespace):
+    from pyro_vae.study.executors import Execution
+    from pyro_vae.study.resources import check_resources
+
+    check_resources({k: v for k, v in (("cpus", args.cpus_per_run), ("gpus", args.gpus_per_run)) if v is not None},
+                    "--cpus-per-run/--gpus-per-run")
+    return Execution(workers=args.workers, threads=args.threads, ray=args.ray, cpus=args.cpus_per_run,
+                     gpus=args.gpus_per_run, progress=not args.no_progress)
 
 
 @command("study", "train, evaluate and report every variant x seed of a study", _study_arguments)
@@ -162,7 +184,7 @@ def _study(args: argparse.Namespace) -> int:
     settings.update({key: value for key, value in (("epochs", args.epochs), ("data_dir", args.data_dir)) if value is not None})
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     study = with_overrides(Study.load(args.study), args.study, settings, seeds)
-    runs_dir = run_study(study, args.out, progress=not args.no_progress)
+    runs_dir = run_study(study, args.out, progress=not args.no_progress, execution=_execution(args))
     print(build_report(runs_dir, args.report or runs_dir / "report"))
     return 0
 

@@ -23,7 +23,9 @@ baseline = "AE"
 candidate = "VAE"
 [claims.centre]
 title = "Centred: {candidate} beats {baseline}"
-metrics = ["mean_norm", "gaussian_kl", "share_in_95"]
+primary = "gaussian_kl"
+secondary = ["mean_norm", "share_in_95"]
+min_seeds = 2
 [evaluation]
 num_samples = 30
 generated = 200
@@ -56,7 +58,17 @@ def test_study_then_report_from_the_command_line(tmp_path):
     rebuilt = cli("report", str(runs_dir), "--out", str(tmp_path / "report2"))
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert checkpoint.stat().st_mtime_ns == stamp
-    assert "Verdict" in (tmp_path / "report2" / "report.md").read_text() or "verdict" in (tmp_path / "report2" / "report.md").read_text()
+    # The verdict the report states is the one the numbers give: paired t over the two seeds, by scipy alone.
+    from scipy import stats
+
+    kl = {(r["variant"], r["seed"]): r["evaluation"]["gaussian_kl"] for r in rows}
+    improvement = [kl[("AE", s)] - kl[("VAE", s)] for s in (0, 1)]
+    low, high = stats.ttest_1samp(improvement, 0.0).confidence_interval(0.95)
+    outcome = "holds" if low > 0 else "fails" if high < 0 else "inconclusive"
+    text = (tmp_path / "report2" / "report.md").read_text()
+    assert f"> **Verdict: {outcome}** — primary test Gaussian KL to N(0,I) of VAE against AE" in text
+    assert "2 seeds" in text.split("> **Verdict: ")[1].splitlines()[0]
+    assert f"- Claim 1 (Centred: VAE beats AE): **{outcome}** (2 seeds)." in text
 
 
 @pytest.mark.slow
@@ -104,7 +116,7 @@ def test_quick_path_on_the_embedded_sample_then_loose_runs_report(tmp_path):
         assert record["config"]["epochs"] == 1 and record["data"]["origin"] == "embedded"
     text = (runs_dir / "report" / "report.md").read_text().replace("\\_", "_")  # Markdown escapes underscores
     assert "EMBEDDED IN THE PACKAGE" in text and "Changed on the command line: train_limit=1500, test_limit=400, epochs=1, seeds 0" in text
-    assert "With 1 seed per variant no difference can be judged" in text
+    assert text.count("**Verdict: not judged**") == 3 and "rests on 1 seed; needs at least 3" in text
 
     loose = cli("report", str(runs_dir / "AE" / "seed-0"), str(runs_dir / "VAE" / "seed-0"), "--out", str(tmp_path / "side"))
     assert loose.returncode == 0, loose.stderr

@@ -38,6 +38,13 @@ def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in _names(text)]
+
+
+_names.__name__, _ints.__name__ = "comma-separated names", "comma-separated whole numbers"  # argparse's error text
+
+
 def _option(default, help: str, quick=None, **argparse_kwargs):
     """A field with its flag. With `quick`, the flag's own default is None so that --quick can tell
     "not given" from "given", and the field's default applies only without --quick."""
@@ -75,6 +82,14 @@ class Options:
                                 nargs="?", const="studies/ae_vs_vae.toml", metavar="STUDY_TOML")
     study_out: str | None = _option(None, "folder for the study's runs, e.g. runs/bench-study (default: a temporary folder, removed afterwards)")
     study_timeout: float = _option(2 * TARGET_STUDY_SECONDS, "stop the study after this many seconds, e.g. 600 (default: 1800)", type=float)
+    twin: bool = _option(False, "train the default VAE and its plain-PyTorch twin to the end, side by side, and compare "
+                         "their final test ELBOs (takes long: --twin-epochs per dataset and seed)", action="store_true")
+    twin_epochs: int = _option(100, "epochs of the --twin runs, e.g. 20 (default: 100, the default study's)", type=int)
+    twin_seeds: list[int] = _option([0, 1, 2], "seeds of the --twin runs, comma-separated, e.g. 0,1 (default: 0,1,2)", type=_ints)
+    twin_datasets: list[str] = _option(["mnist", "fashion-mnist"], "datasets of the --twin runs, e.g. mnist "
+                                       "(default: mnist,fashion-mnist)", type=_names)
+    peers: bool = _option(False, "also time Pyro's VAE example loop and pythae's trainer (when installed) on the same "
+                          "data and network, and compare test ELBOs", action="store_true")
     quick: bool = _option(False, "small sizes for a smoke test: 2000 images, 2 repeats, 200 test images, K=100", action="store_true")
     json: str | None = _option(None, "also write every number as JSON to FILE, e.g. bench.json (default: none)", metavar="FILE")
     quiet: bool = _option(False, "no progress lines on stderr", action="store_true")
@@ -95,12 +110,18 @@ class Options:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise UserError(f"unknown variant(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(VARIANTS)}")
-        for name in ("batch_size", "epochs", "repeats", "eval_images", "num_samples", "eval_repeats"):
+        for name in ("batch_size", "epochs", "repeats", "eval_images", "num_samples", "eval_repeats", "twin_epochs"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("threads", "train_images", "conv_images"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.twin and (not self.twin_seeds or not self.twin_datasets):
+            raise UserError("--twin needs at least one seed (--twin-seeds) and one dataset (--twin-datasets)")
+        from pyro_vae.data import DATASETS
+
+        for name in self.twin_datasets:
+            DATASETS.check(name)
         import torch
 
         if self.device is None:

@@ -47,12 +47,15 @@ class Reference:
         self.epoch = 0
         self.inputs: EpochInputs | None = None
 
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior loc and scale, parametrised as the gaussian guide's."""
+        loc, raw_scale = self.encoder(x).split(self.z_dim, dim=-1)
+        return loc, F.softplus(raw_scale) + MIN_SCALE
+
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(x)
         if self.kind == "ae":
-            return F.binary_cross_entropy_with_logits(self.decoder(h), x, reduction="sum")
-        loc, raw_scale = h.split(self.z_dim, dim=-1)
-        scale = F.softplus(raw_scale) + MIN_SCALE
+            return F.binary_cross_entropy_with_logits(self.decoder(self.encoder(x)), x, reduction="sum")
+        loc, scale = self.encode(x)
         eps = torch.empty_like(loc).normal_()  # as torch.distributions.Normal.rsample draws it
         z = loc + scale * eps
         reconstruction = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")

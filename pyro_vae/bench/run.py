@@ -46,7 +46,7 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
 
     from pyro_vae.bench.likelihood import bench_eval, eval_model
     from pyro_vae.bench.startup import bench_startup
-    from pyro_vae.bench.study import bench_study
+    from pyro_vae.bench.study import bench_study_modes
     from pyro_vae.bench.tables import table_rows
     from pyro_vae.bench.throughput import bench_training, train_config
     from pyro_vae.data import load_data
@@ -55,23 +55,32 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
         log = (lambda m: None) if opts.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    report: dict = {"meta": _meta(opts), "startup": None, "train": {}, "batching": None, "eval": None, "study": None}
+    report: dict = {"meta": _meta(opts), "startup": None, "train": {}, "batching": None, "peers": None, "twin": None,
+                    "eval": None, "study": None}
     started = time.perf_counter()
     report["startup"] = bench_startup(opts.repeats, log)
     trainer = None
-    if opts.variants or (opts.eval and not opts.run_dir):
+    if opts.variants or opts.peers or (opts.eval and not opts.run_dir):
         cfg = train_config(opts, VARIANTS["vae"], opts.train_images)
         cfg.test_limit = opts.eval_images
         data = load_data(cfg)
         report["meta"]["data"] = {k: data.provenance.get(k) for k in ("dataset", "origin", "train_count", "test_count", "split")}
         if opts.variants:
             report["train"], report["batching"], trainer = bench_training(opts, data, log)
+        if opts.peers:
+            from pyro_vae.bench.peers import bench_peers
+
+            report["peers"] = bench_peers(opts, data, log)
     if opts.eval:
         vae, test_obs, source = eval_model(opts, trainer, log)
         report["eval"] = bench_eval(opts, vae, test_obs, source, log)
     del trainer  # its model and data are not needed while the study runs
+    if opts.twin:
+        from pyro_vae.bench.twin import bench_twin
+
+        report["twin"] = bench_twin(opts, log)
     if opts.study:
-        report["study"] = bench_study(opts, log)
+        report["study"] = bench_study_modes(opts, log)
     report["meta"]["seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):
         report["meta"]["loadavg_end"] = os.getloadavg()

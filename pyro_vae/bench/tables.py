@@ -62,6 +62,22 @@ def table_rows(report: dict) -> list[dict]:
             d = b["dataloader"]
             row("batching: torch DataLoader / epoch", _fmt_s(d["median"]), _spread(d), f"{100 * d['median'] / b['project_epoch_seconds']:.1f}%",
                 "", None, "for comparison: gathers of the binarised tensor via DataLoader(TensorDataset, shuffle=True)")
+    peers = report.get("peers")
+    if peers:
+        ours = peers["sides"]["pyro-vae"]["test_elbo"]
+        for name, s in peers["sides"].items():
+            faster, better = s["ratio"] < 1, s["test_elbo"] > ours + peers["elbo_tolerance"]
+            row(f"peer {name}: epoch", _fmt_s(s["epoch"]["median"]), _spread(s["epoch"]), f"{s['ratio']:.2f}x",
+                "-" if name == "pyro-vae" else ">= 1x, ELBO not better", None if name == "pyro-vae" else not (faster or better),
+                f"test ELBO {s['test_elbo']:.2f} after {peers['epochs']} epochs; {s['note']}")
+        for name, why in peers["skipped"].items():
+            row(f"peer {name}", note=f"skipped: {why}")
+    twin = report.get("twin")
+    if twin:
+        for dataset, s in twin["summary"].items():
+            row(f"twin {dataset}: project - twin test ELBO", f"{s['mean_difference']:+.2f}", "", "",
+                f"|mean| <= {twin['target_nats']}", s["met"],
+                f"{s['project']:.2f} vs {s['twin']:.2f} nats/image, mean of {s['seeds']} seeds")
     e = report.get("eval")
     if e:
         at_full = "" if e["targets_apply"] else " @10k"
@@ -86,9 +102,18 @@ def table_rows(report: dict) -> list[dict]:
                 f"sampling alone {s['sampling_ratio']:.1f}x; IS - grid = {e['is_minus_grid_nats']:+.2f} nats")
     s = report.get("study")
     if s:
-        row("study: wall time", _fmt_s(s["wall_seconds"]), "", "", f"<= {TARGET_STUDY_SECONDS / 60:.0f} min", s["met_time"],
-            f"{s['study']}, exit {s['returncode']}" + (", timed out" if s["timed_out"] else ""))
-        row("study: peak memory (max RSS)", f"{s['peak_rss_bytes'] / 2**30:.2f} GB", "", "", f"< {TARGET_STUDY_BYTES / 2**30:.0f} GB", s["met_memory"])
+        for mode, m in s["modes"].items():
+            row(f"study --{mode}: wall time", _fmt_s(m["wall_seconds"]), "", "", f"<= {TARGET_STUDY_SECONDS / 60:.0f} min" if mode == "workers 1" else "",
+                m["met_time"] if mode == "workers 1" else None,
+                f"{m['study']}, exit {m['returncode']}" + (", timed out" if m["timed_out"] else "") + f", driver peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GB")
+        first = s["modes"]["workers 1"]
+        row("study: peak memory (max RSS)", f"{first['peak_rss_bytes'] / 2**30:.2f} GB", "", "", f"< {TARGET_STUDY_BYTES / 2**30:.0f} GB", first["met_memory"], "--workers 1")
+        row("study: --workers 2 speed-up", "", "", f"{s['speedup_workers_2']:.2f}x", "", None, "wall time of --workers 1 / --workers 2")
+        row("study: Ray overhead per run", _fmt_s(s["ray_overhead_per_run"]), "", "", "", None,
+            f"(ray - workers 2) x 2 slots / {s['runs']} runs; a run takes {_fmt_s(s['run_slot_seconds'])} of a 1-thread slot")
+        for workers, seconds in s["projection"].items():
+            row(f"study: {s['grid_runs']} runs on {workers} two-core workers", _fmt_s(seconds), "", "", "", None,
+                "projected: waves of 2 runs per worker x (run + Ray overhead)")
     return rows
 
 

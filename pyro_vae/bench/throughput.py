@@ -25,9 +25,9 @@ from pyro_vae.training.trainer import Trainer
 REPORTED_CONFIG = ("guide", "beta", "objective", "network", "prior", "likelihood", "latent_dim", "hidden_dim", "lr", "binarize")
 
 
-def train_config(opts: Options, variant: Variant, images: int | None) -> TrainConfig:
+def train_config(opts: Options, variant: Variant, images: int | None, seed: int = 0) -> TrainConfig:
     cfg = TrainConfig(dataset=opts.dataset, data_dir=opts.data_dir, device=opts.device, batch_size=opts.batch_size,
-                      train_limit=images, epochs=10**6, seed=0)
+                      train_limit=images, epochs=10**6, seed=seed)
     cfg.update(variant.overrides, "bench variant")
     return cfg.validate()
 
@@ -37,10 +37,11 @@ def subset(data, images: int):
     return replace(data, train_x=data.train_x[:images], train_y=data.train_y[:images])
 
 
-def build_pair(opts: Options, name: str, data, images: int, log: Callable[[str], None]) -> tuple[Trainer, Reference]:
+def build_pair(opts: Options, name: str, data, images: int, log: Callable[[str], None],
+               seed: int = 0) -> tuple[Trainer, Reference]:
     """(Trainer, Reference) for a variant: the project's path and its plain-PyTorch twin, same start."""
     variant = VARIANTS[name]
-    cfg = train_config(opts, variant, images)
+    cfg = train_config(opts, variant, images, seed)
     trainer = Trainer(cfg, Path(f"<bench {name}>"), subset(data, images), log=log, jit=variant.jit)
     trainer.inputs.last_epoch = math.inf  # the bench trains past cfg.epochs: keep drawing ahead
     return trainer, Reference(cfg, variant.reference, trainer.device)

@@ -134,7 +134,9 @@ def _evaluate_run(run_dir: str | Path, settings: EvalSettings, scorer: Scorer | 
         result["test_elbo"] = float(estimators.elbo_per_image(vae, lx, seed=settings.seed).mean())
         iw = estimators.importance_log_likelihood(vae, lx, num_samples=settings.num_samples, seed=settings.seed)
         result.update(log_px_is=float(iw["log_px"].mean()), pareto_k_share_above_0_7=float(iw["share_k_above_0_7"]),
-                      pareto_k_median=float(np.median(np.asarray(iw["pareto_k"]))))
+                      pareto_k_median=float(np.median(np.asarray(iw["pareto_k"]))),
+                      pareto_k_threshold=float(iw["k_threshold"]),
+                      pareto_k_share_above_threshold=float(iw["share_k_above_threshold"]))
     if cfg.latent_dim == 2:
         grid = grid_log_likelihood(vae, lx, tol=settings.grid_tol)
         result.update(log_px_exact=float(grid["log_px"].mean()), grid_points=int(grid["grid_points"]))

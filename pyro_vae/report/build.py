@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import json
 import sys
-from itertools import groupby
 from pathlib import Path
 from typing import Callable
 
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import EVALUATION_ARRAYS, evaluate_run
-from pyro_vae.evaluation.metrics import SAMPLERS, flat_metrics, metric
+from pyro_vae.evaluation.metrics import flat_metrics, requirements_met
 from pyro_vae.io import atomic_write_bytes
 from pyro_vae.report.document import (
     Block,
     Bullets,
-    Cell,
     FigureRow,
     Heading,
     Inline,
@@ -45,20 +43,18 @@ from pyro_vae.report.tables import (
     all_metrics_tables,
     comparison_table,
     csv_text,
-    direction_text,
     fmt,
-    fmt_pm,
-    fmt_signed,
     fmt_value,
     json_safe,
     ordered_metrics,
     result_row,
 )
-from pyro_vae.study.claims import CLAIM_RULE, Claim, judge_claims
+from pyro_vae.report.verdicts import claim_blocks, glance_blocks
+from pyro_vae.study.claims import judge_claims
 from pyro_vae.study.folders import RunFolders, study_from_runs
 from pyro_vae.study.runner import collect, evaluate_study
 from pyro_vae.study.spec import Study
-from pyro_vae.study.statistics import BETTER, MIN_SEEDS, SAME, UNJUDGED, WORSE, summarize
+from pyro_vae.study.statistics import summarize
 from pyro_vae.training import runs
 
 __all__ = ["build_report", "build_runs_report"]
@@ -70,6 +66,21 @@ def _stderr(message: str) -> None:
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _annealing(results: list[dict]) -> list[Inline]:
+    """What KL annealing did, read from the runs' own records of beta per epoch (metrics.jsonl)."""
+    items: list[Inline] = []
+    for variant in dict.fromkeys(r["variant"] for r in results):
+        run = next(r for r in results if r["variant"] == variant)
+        warmup = run["config"].get("beta_warmup_epochs") or 0
+        betas = [m["beta"] for m in run["training_curve"] if "beta" in m][: warmup + 1]
+        if warmup and betas:
+            items.append([f"KL annealing in {variant}: β per training epoch {', '.join(f'{b:g}' for b in betas)}"
+                          + (", …" if len(run["training_curve"]) > len(betas) else "")
+                          + f": β × e / {warmup} in epoch e ≤ {warmup}, so it starts at β/{warmup} in the first epoch, "
+                          "not at 0."])
+    return items
 
 
 def _setup_blocks(study: Study, results: list[dict], values: dict, variants: list[str] | None = None) -> list[Block]:
@@ -111,6 +122,7 @@ def _setup_blocks(study: Study, results: list[dict], values: dict, variants: lis
          + "/".join(dict.fromkeys(r["config"]["objective"] for r in results))
          + f" with {cfg['num_particles']} particle(s); seeds {', '.join(map(str, sorted({r['seed'] for r in results})))}."]
         + ([" Changed on the command line: " + _overrides_text(study.overrides) + "."] if study.overrides else []),
+    ] + _annealing(results) + [
         [f"Evaluation: codes are posterior means of the test images; log p(x) by importance sampling with K = "
          f"{evaluation.num_samples} samples per image (PSIS diagnostics), exact 2-D quadrature to {evaluation.grid_tol:g} nats; "
          + (f"likelihoods on the first {evaluation.likelihood_images} test images; " if evaluation.likelihood_images else "")
@@ -146,8 +158,8 @@ def _missing_block(study: Study, runs_dir: Path, missing: list[tuple[str, int]],
     again = (f"finish them with `pyro-vae study STUDY_FILE --out {runs_dir}` (it resumes unfinished runs) and build "
              "this report again" if not isinstance(study, RunFolders) else "finish them with `pyro-vae train --resume RUN_DIR`")
     return Paragraph(f"Partial report: {total - len(missing)} of {total} runs have finished. Missing or unfinished: {where}. "
-                     f"Numbers below come from the finished runs only, and no claim is judged on fewer runs than the study "
-                     f"plans; {again}.", "warning")
+                     f"Numbers below come from the finished runs only; a claim is judged only on as many paired seeds as "
+                     f"it needs (its min_seeds), else it is not judged and says why; {again}.", "warning")
 
 
 def _figure_runs(study: Study, runs_dir: Path, finished: list[tuple[str, int]]) -> dict[str, tuple[int, Path]]:
@@ -159,38 +171,6 @@ def _figure_runs(study: Study, runs_dir: Path, finished: list[tuple[str, int]]) 
         if v not in chosen or (s == common and chosen[v][0] != common):
             chosen[v] = (s, study.run_dir(runs_dir, v, s))
     return chosen
-
-
-def _claim_blocks(claims: list[Claim]) -> list[Block]:
-    """A section per pair of variants compared (claims of one pair in a row), claims numbered throughout."""
-    blocks: list[Block] = []
-    numbered = list(enumerate(claims, 1))
-    for (baseline, candidate), group in groupby(numbered, key=lambda ic: (ic[1].baseline, ic[1].candidate)):
-        blocks += [Heading(2, f"Claims: {candidate} (candidate) against {baseline} (baseline)"),
-                   Paragraph(CLAIM_RULE, "note")]
-        blocks += [b for i, claim in group for b in _claim(i, claim)]
-    return blocks
-
-
-def _claim(i: int, claim: Claim) -> list[Block]:
-    counts = {k: sum(r["verdict"] == k for r in claim.rows) for k in (BETTER, SAME, WORSE, UNJUDGED)}
-    summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-    rows = []
-    for r in claim.rows:
-        sampler = "" if r["baseline_metric"] == r["metric"] else f" ({SAMPLERS[metric(r['baseline_metric']).sampler]} sampling)"
-        rows.append([metric(r["metric"]).label, direction_text(r["better"], r["target"]),
-                     fmt_pm(r["baseline"]) + sampler, fmt_pm(r["candidate"]),
-                     fmt_signed(r["improvement"]), fmt(r["threshold"]), Cell(r["verdict"], r["verdict"] in (BETTER, WORSE))])
-    return [
-        Heading(3, f"Claim {i}. {claim.title}"),
-        Paragraph([("b", f"Verdict: the claim {claim.verdict}"),
-                   f" ({claim.note or summary or 'no metric available'})."], "verdict"),
-        Paragraph(claim.explanation),
-        Table(["metric", "better", f"{claim.baseline} (mean ± sd)", f"{claim.candidate} (mean ± sd)",
-               "improvement", "2 × SE", "verdict"], rows, numeric=(2, 3, 4, 5),
-              caption="improvement = how much closer to ideal the candidate's mean is (in the metric's units; "
-                      "for targets, in distance to the target)"),
-    ]
 
 
 def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str], None] = _stderr) -> Path:
@@ -229,9 +209,11 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
     results = [result_row(r) for r in rows]
     variants = [v for v in study.variants if any(fv == v for fv, _ in finished)]
     values: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
+    seeded: dict[str, dict[str, dict[int, float]]] = {v: {} for v in variants}  # what the claims pair by seed
     for r in results:
         for m, x in flat_metrics(r).items():
             values[r["variant"]].setdefault(m, []).append(x)
+            seeded[r["variant"]].setdefault(m, {})[r["seed"]] = x
     metric_names = [m for _, ms in ordered_metrics([m for v in variants for m in values[v]]) for m in ms]
     _write_text(out_dir / "results.json", json.dumps(json_safe(results), indent=2) + "\n")
     _write_text(out_dir / "results.csv", csv_text(results, metric_names))
@@ -242,12 +224,13 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
     class_names = list(DATASETS[dataset].class_names)
     context = {v: {"n_classes": len(class_names),
                    "n_codes": next(r["data"].get("test_count") for r in results if r["variant"] == v),
-                   "latent_dim": next(r["config"]["latent_dim"] for r in results if r["variant"] == v)} for v in variants}
-    run_counts = {v: (sum(fv == v for fv, _ in finished), sum(cv == v for cv, _ in cells)) for v in study.variants}
+                   "latent_dim": next(r["config"]["latent_dim"] for r in results if r["variant"] == v),
+                   "met": set.intersection(*(requirements_met(r["config"], r["evaluation"])
+                                             for r in results if r["variant"] == v))} for v in variants}
 
     log("report: drawing figures")
     figures = make_figures(_figure_runs(study, runs_dir, finished), out_dir, results, values, class_names,
-                           max(n for n, _ in run_counts.values()), log)
+                           max(sum(fv == v for fv, _ in finished) for v in variants), log)
 
     blocks: list[Block] = [Heading(1, study.title)]
     if missing:
@@ -263,14 +246,9 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
         blocks.append(Paragraph(f"Study {study.name}: {len(study.variants)} variants ({', '.join(study.variants)}) × "
                                 f"{len(study.seeds)} seeds, runs in {runs_dir}. Every number is computed from the run "
                                 "folders; results.json and results.csv next to this report hold the per-run values."))
-    claims = judge_claims(study.claim_specs(), values, context, run_counts)
+    claims = judge_claims(study.claim_specs(), seeded, context)
     if claims:
-        blocks.append(Heading(2, "Verdicts at a glance"))
-        blocks.append(Bullets([[f"Claim {i} ({c.title}): ", ("b", c.verdict)] + ([f" ({c.note})"] if c.note else [])
-                               for i, c in enumerate(claims, 1)]))
-        if len(study.seeds) < MIN_SEEDS:
-            blocks.append(Paragraph(f"With {len(study.seeds)} seed per variant no difference can be judged against seed-to-seed "
-                                    f"variation; run at least {MIN_SEEDS} seeds for verdicts.", "warning"))
+        blocks += glance_blocks(claims)
     else:
         blocks.append(Paragraph(("Run folders outside a study carry no claims" if isinstance(study, RunFolders) else
                                  "The study file states no claims ([claims.NAME] tables)")
@@ -285,7 +263,7 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
     if "metric_bars" in figures:
         blocks.append(FigureRow(figures["metric_bars"], "Headline metrics: bars are means over seeds, error bars the sample sd, "
                                                         "dots the seeds; red dashed lines mark ideal values."))
-    blocks += _claim_blocks(claims)
+    blocks += claim_blocks(claims)
 
     blocks.append(Heading(2, "Figures"))
     sections = [("codes", "Code spaces"), ("marginals", None), ("prior_density", None), ("prior_samples", "Generation"),

@@ -15,7 +15,8 @@ from dataclasses import fields
 from typing import Any, Sequence
 
 from pyro_vae.config import TrainConfig
-from pyro_vae.evaluation.metrics import GROUPS, METRICS, direction, flat_metrics, metric
+from pyro_vae.evaluation.estimators import PARETO_K_LIMIT
+from pyro_vae.evaluation.metrics import GROUPS, METRICS, direction, flat_metrics, metric, ranked
 from pyro_vae.report.document import Block, Cell, Paragraph, Table
 from pyro_vae.study.statistics import Summary, badness, summarize
 
@@ -23,7 +24,7 @@ __all__ = ["CONFIG_COLUMNS", "CONFIG_EXCLUDED", "VARIANT_COLUMNS", "PARETO_WARN"
            "fmt_signed", "fmt_value", "direction_text", "json_safe", "result_row", "ordered_metrics", "csv_text",
            "comparison_table", "all_metrics_tables"]
 
-PARETO_WARN = 0.1  # share of images with Pareto k > 0.7 above which the IS estimate is flagged
+PARETO_WARN = 0.1  # share of images with Pareto k above the threshold beyond which the IS estimate is flagged
 DASH = "—"
 
 # TrainConfig fields without a results.csv column, and why. Every other field gets one, in field order.
@@ -96,13 +97,14 @@ def direction_text(better: str | None, target: float | None) -> str:
     return {"lower": "lower", "higher": "higher"}.get(better, "")
 
 
-def _best(summaries: dict[str, Summary | None], better: str | None, target: float | None) -> set[str]:
-    """Variants with the best mean (direction-aware); empty unless at least two have a value."""
-    if better is None:
-        return set()
+def _best(summaries: dict[str, Summary | None], directions: dict[str, tuple[str | None, float | None]],
+          rankable: set[str] | None = None) -> set[str]:
+    """Variants with the best mean, each judged by its own direction and target; empty unless at least two
+    rankable variants have a value."""
     scores = {}
     for v, s in summaries.items():
-        if s is not None and s.n and not math.isnan(s.mean):
+        better, target = directions[v]
+        if better is not None and s is not None and s.n and not math.isnan(s.mean) and (rankable is None or v in rankable):
             scores[v] = float(badness([s.mean], better, target)[0])
     if len(scores) < 2:
         return set()
@@ -169,29 +171,71 @@ def csv_text(results: list[dict], metric_names: list[str]) -> str:
 # The metric tables of the report
 
 
-def _head(key: str, ctx: dict) -> str:
-    better, target = direction(key, ctx["n_classes"], ctx["n_codes"], ctx["latent_dim"])
-    arrow = {"higher": " ↑", "lower": " ↓"}.get(better, f" → {target:.4g}" if better == "target" else "")
-    return metric(key).label + arrow
+def _directions(key: str, variants: list[str], context: dict) -> dict[str, tuple[str | None, float | None]]:
+    """Each variant's own direction and target (a 10-D variant's max-radius target is not a 2-D one's)."""
+    return {v: direction(key, context[v]["n_classes"], context[v]["n_codes"], context[v]["latent_dim"]) for v in variants}
 
 
-def _pareto_warnings(variants: list[str], values: dict, summaries: dict) -> list[Block]:
+def _shared(directions: dict) -> tuple[str | None, float | None] | None:
+    """The direction all variants share, or None when their targets differ."""
+    distinct = set(directions.values())
+    return next(iter(distinct)) if len(distinct) == 1 else None
+
+
+def _head(key: str, directions: dict) -> str:
+    shared = _shared(directions)
+    if shared is None:
+        return metric(key).label + " → own target"
+    better, target = shared
+    return metric(key).label + {"higher": " ↑", "lower": " ↓"}.get(better, f" → {target:.4g}" if better == "target" else "")
+
+
+def _cells(key: str, variants: list[str], values: dict, context: dict) -> tuple[list[Cell], list[str]]:
+    """One cell per variant (bold: best among the variants it may be ranked on) and the caveat notes."""
+    directions = _directions(key, variants, context)
+    summaries = {v: summarize(values[v][key]) if key in values[v] else None for v in variants}
+    rankable = {v for v in variants if ranked(key, context[v].get("met"))}
+    best = _best(summaries, directions, rankable)
+    own_target = _shared(directions) is None
+    cells, notes = [], []
+    for v in variants:
+        text = fmt_pm(summaries[v])
+        if own_target and directions[v][0] == "target" and summaries[v] is not None:
+            text += f" (→ {directions[v][1]:.4g})"
+        if summaries[v] is not None and v not in rankable:
+            text += " †"
+            notes.append(f"† {metric(key).label} of {v}: {metric(key).caveat}.")
+        cells.append(Cell(text, v in best))
+    return cells, notes
+
+
+def _pareto_warnings(variants: list[str], values: dict) -> list[Block]:
+    """Flag the IS estimate by the share of images whose Pareto k passes the sample-size threshold
+    min(1 - 1/log10 K, 0.7) (evaluations made before it was recorded: by the share above 0.7)."""
     warnings = []
     for v in variants:
-        s = summaries.get("pareto_k_share_above_0_7", {}).get(v)
-        if s is not None and s.n and s.mean > PARETO_WARN:
+        share = summarize(values[v].get("pareto_k_share_above_threshold", []))
+        threshold = summarize(values[v].get("pareto_k_threshold", [])).mean
+        if not share.n:
+            share, threshold = summarize(values[v].get("pareto_k_share_above_0_7", [])), PARETO_K_LIMIT
+        if share.n and share.mean > PARETO_WARN:
             warnings.append(Paragraph(
-                f"{v}: {s.mean:.0%} of the test images have a PSIS Pareto k above 0.7 (mean over seeds), so the "
-                f"importance-sampling estimate log p(x) IS is untrustworthy for them"
+                f"{v}: {share.mean:.0%} of the test images have a PSIS Pareto k above {threshold:.2f} (the threshold "
+                f"min(1 − 1/log10 K, 0.7) for K importance samples; mean over seeds), so the importance-sampling "
+                f"estimate log p(x) IS is untrustworthy for them"
                 + (" (use the exact 2-D value)." if "log_px_exact" in values[v] else "; treat it as a rough lower bound."),
                 "warning"))
     for v in variants:
         if "log_px_is" in values[v] and not summarize(values[v].get("pareto_k_median", [])).n:
             warnings.append(Paragraph(
                 f"{v}: no PSIS Pareto k could be fitted (too few importance samples per image; ArviZ needs at least "
-                f"25), so the share of images with k > 0.7 is untested, not zero; the IS estimate is unchecked.",
-                "warning"))
+                f"25), so the share of images with k above the threshold is untested, not zero; the IS estimate is "
+                f"unchecked.", "warning"))
     return warnings
+
+
+def _notes(notes: list[str]) -> list[Block]:
+    return [Paragraph(" ".join(dict.fromkeys(notes)), "note")] if notes else []
 
 
 def comparison_table(variants: list[str], values: dict, context: dict) -> tuple[Table | None, list[Block]]:
@@ -200,29 +244,32 @@ def comparison_table(variants: list[str], values: dict, context: dict) -> tuple[
     columns = [m.key for m in headline if any(m.key in values[v] for v in variants)]
     if not columns:
         return None, []
-    summaries = {c: {v: summarize(values[v][c]) if c in values[v] else None for v in variants} for c in columns}
-    ctx = context[variants[0]]
-    best = {c: _best(summaries[c], *direction(c, ctx["n_classes"], ctx["n_codes"], ctx["latent_dim"])) for c in columns}
+    cells, notes = {}, []
+    for c in columns:
+        cells[c], more = _cells(c, variants, values, context)
+        notes += more
     rows = [[v, str(max(map(len, values[v].values())))]  # runs of the variant: one value per run and metric
-            + [Cell(fmt_pm(summaries[c][v]), v in best[c]) for c in columns] for v in variants]
-    header = ["variant", "seeds"] + [_head(c, ctx) for c in columns]
+            + [cells[c][i] for c in columns] for i, v in enumerate(variants)]
+    header = ["variant", "seeds"] + [_head(c, _directions(c, variants, context)) for c in columns]
     table = Table(header, rows, numeric=range(1, len(header)),
-                  caption="Mean ± sd over seeds; bold: best in the column (↑ higher, ↓ lower, → closer to the value); "
+                  caption="Mean ± sd over seeds; bold: best in the column (↑ higher, ↓ lower, → closer to the value; "
+                          "\"own target\": each variant's, in brackets); † shown, not ranked (see the note); "
                           f"{DASH}: not defined for that variant (no ELBO or IS estimate for deterministic guides).")
-    return table, _pareto_warnings(variants, values, summaries)
+    return table, _notes(notes) + _pareto_warnings(variants, values)
 
 
 def all_metrics_tables(variants: list[str], values: dict, context: dict) -> list[Block]:
     """One table per metric group: every number of every variant, with its results.csv key."""
-    ctx = context[variants[0]]
     blocks: list[Block] = []
+    notes: list[str] = []
     for title, members in ordered_metrics([m for v in variants for m in values[v]]):
         rows = []
         for m in members:
-            summaries = {v: summarize(values[v][m]) if m in values[v] else None for v in variants}
-            better, target = direction(m, ctx["n_classes"], ctx["n_codes"], ctx["latent_dim"])
-            rows.append([metric(m).label, m, direction_text(better, target)]
-                        + [Cell(fmt_pm(summaries[v]), v in _best(summaries, better, target)) for v in variants])
+            cells, more = _cells(m, variants, values, context)
+            notes += more
+            shared = _shared(_directions(m, variants, context))
+            rows.append([metric(m).label, m, direction_text(*shared) if shared else "closer to each variant's target"]
+                        + cells)
         blocks.append(Table(["metric", "key (results.csv)", "better"] + variants, rows, caption=title,
                             numeric=range(3, 3 + len(variants))))
-    return blocks
+    return blocks + _notes(notes)

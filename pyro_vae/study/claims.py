@@ -1,91 +1,96 @@
 """Claims as data: what a study's [claims.NAME] tables say, checked when the file is read, and judged.
 
     [claims.centre]
-    title = "Centred and bounded: {candidate}'s codes sit like N(0, I) samples, {baseline}'s do not"
+    title = "Centred and bounded: {candidate}'s codes sit like N(0, I) samples"
     text = "Codes are posterior means of the test images."
-    metrics = ["mean_norm", "gaussian_kl", "share_in_95"]
+    primary = { metric = "share_in_95", against = "target", tolerance = 0.02 }   # declared in advance
+    secondary = ["gaussian_kl", "mean_norm"]      # against the baseline; Holm-corrected
     baseline = "AE"        # optional: default the [compare] table's baseline and candidate
     candidate = "VAE"
-    baseline_samplers = { prior = ["prior", "box"] }   # optional, see ClaimSpec
+    min_seeds = 3          # optional: fewer paired seeds and the claim is not judged
 
-Each metric is judged by :func:`compare_metric` on the per-seed values, and the claim's verdict
-combines them by :data:`CLAIM_RULE`.
+A test is a metric key (the candidate against the baseline, paired by seed) or a table
+{ metric, against = "baseline" | "target", tolerance } (the candidate's values against the
+metric's ideal value). The claim's verdict is its primary test's outcome
+(pyro_vae.study.statistics); the secondary tests are shown with Holm-adjusted p-values.
 """
 
 from __future__ import annotations
 
-import math
 import string
 from dataclasses import dataclass, field
-from typing import Sequence
-
-import numpy as np
+from typing import Mapping, Sequence
 
 from pyro_vae.errors import UserError
-from pyro_vae.evaluation.metrics import METRICS, SAMPLERS, direction, sample_key
+from pyro_vae.evaluation.metrics import METRICS, direction, metric, ranked
 from pyro_vae.study.statistics import (
-    BETTER,
-    MIN_SEEDS,
-    SAME,
-    UNJUDGED,
-    WORSE,
-    badness,
-    compare_metric,
+    ALPHA,
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    METHOD,
+    NOT_JUDGED,
+    Summary,
+    Judgement,
+    against_target,
+    compare,
+    decide,
+    holm,
     summarize,
 )
 
-__all__ = ["ClaimSpec", "Claim", "parse_claims", "judge_claims", "claim_verdict", "missing_runs_note", "CLAIM_RULE",
-           "HOLDS", "PARTLY", "FAILS", "NOT_JUDGED"]
+__all__ = ["ClaimTest", "ClaimSpec", "Claim", "parse_claims", "judge_claims", "CLAIM_RULE", "MIN_SEEDS",
+           "HOLDS", "FAILS", "INCONCLUSIVE", "NOT_JUDGED"]
 
-HOLDS, PARTLY, FAILS, NOT_JUDGED = "holds", "holds partly", "does not hold", "not judged"
+MIN_SEEDS = 3  # paired seeds a claim needs by default: with 2, Student's t has one degree of freedom
 
 CLAIM_RULE = (
-    f"Rule: each metric is '{BETTER}' when the candidate's mean beats the baseline's by more than twice the "
-    f"standard error of the difference, sqrt(s_b²/n_b + s_c²/n_c) over seeds, '{WORSE}' when it trails by as "
-    f"much, '{SAME}' otherwise ('{UNJUDGED}' with fewer than {MIN_SEEDS} seeds per variant). "
-    f"A claim '{HOLDS}' when every one of its metrics is {BETTER}; it '{PARTLY}' when at least one is "
-    f"{BETTER} and none is {WORSE}; it '{FAILS}' when none is {BETTER} or any is {WORSE}; it is "
-    f"'{NOT_JUDGED}' when no metric could be judged."
+    f"Rule: each claim names one primary metric in advance; its outcome is the claim's verdict. A comparison pairs "
+    f"seed s of the baseline with seed s of the candidate (seeds on one side only are dropped and named) and tests the "
+    f"mean improvement in the metric's better direction (for a target: in distance to the target): the claim "
+    f"'{HOLDS}' when the 95% interval lies above 0, '{FAILS}' when it lies below 0, and is '{INCONCLUSIVE}' "
+    f"otherwise: no clear difference is not a refutation. A test against a target holds when the interval of the "
+    f"candidate's mean lies inside target ± tolerance and fails when it lies outside. Intervals and p-values: "
+    f"{METHOD}. Secondary metrics are decided at p < {ALPHA:g} after Holm's correction over the claim's secondary "
+    f"tests; they inform, they do not change the verdict. A claim with fewer seeds than it needs, or whose metric is "
+    f"not comparable between the two variants, is '{NOT_JUDGED}', with the reason."
 )
 
+AGAINST = ("baseline", "target")
 
-def claim_verdict(verdicts: Sequence[str]) -> str:
-    """Combine per-metric verdicts into a claim verdict by :data:`CLAIM_RULE`."""
-    judged = [v for v in verdicts if v != UNJUDGED]
-    if not judged:
-        return NOT_JUDGED
-    if WORSE in judged or BETTER not in judged:
-        return FAILS
-    if all(v == BETTER for v in verdicts):
-        return HOLDS
-    return PARTLY
+
+@dataclass(frozen=True)
+class ClaimTest:
+    metric: str
+    against: str = "baseline"  # "baseline": candidate vs baseline, paired by seed; "target": vs the ideal value
+    tolerance: float = 0.0  # target tests: how far from the target still counts as on it
 
 
 @dataclass
 class ClaimSpec:
-    """One claim of a study file, its variants resolved.
-
-    ``baseline_samplers`` maps a sampler of the candidate's metrics to the baseline's samplers
-    to choose from: e.g. {"prior": ["prior", "box"]} measures the baseline's images by the
-    better (per metric, by mean) of its prior draws and its uniform box draws, because an
-    autoencoder has no prior worth sampling. Other metrics use the same key on both sides.
-    """
+    """One claim of a study file, its variants resolved (baseline is None when every test is a target test)."""
     key: str
     title: str
     text: str
-    metrics: list[str]
-    baseline: str
+    primary: ClaimTest
+    secondary: list[ClaimTest]
+    baseline: str | None
     candidate: str
-    baseline_samplers: dict[str, list[str]] = field(default_factory=dict)
+    min_seeds: int = MIN_SEEDS
 
-    def baseline_options(self, key: str) -> list[str]:
-        """The baseline's metric keys that may stand against the candidate's ``key``."""
-        m = METRICS[key]
-        alternatives = self.baseline_samplers.get(m.sampler) if m.sampler else None
-        return [sample_key(s, m.quality) for s in alternatives] if alternatives else [key]
+    @property
+    def tests(self) -> list[ClaimTest]:
+        return [self.primary] + self.secondary
 
 
-_KEYS = {"title", "text", "metrics", "baseline", "candidate", "baseline_samplers"}
+_KEYS = {"title", "text", "primary", "secondary", "baseline", "candidate", "min_seeds"}
+_REMOVED = {
+    "metrics": "metrics was replaced: name one primary = \"KEY\" declared in advance and secondary = [...] "
+               "(corrected for multiplicity)",
+    "baseline_samplers": "baseline_samplers was removed: giving the baseline the better of two samplers, chosen on "
+                         "the seeds it is tested on, favours it; both sides are now measured by the same metric "
+                         "(name e.g. box_fid itself)",
+}
 _PLACEHOLDERS = {"baseline", "candidate"}
 
 
@@ -102,33 +107,58 @@ def _check_text(text, where: str) -> str:
     return text
 
 
-def _check_samplers(value, where: str) -> list[str]:
-    samplers = [value] if isinstance(value, str) else value
-    if not isinstance(samplers, list) or not samplers or any(s not in SAMPLERS for s in samplers):
-        raise UserError(f"{where} must name sampler(s) among {', '.join(SAMPLERS)}, got {value!r}")
-    return list(samplers)
+def _parse_test(entry, where: str) -> ClaimTest:
+    table = {"metric": entry} if isinstance(entry, str) else entry
+    if not isinstance(table, dict) or set(table) - {"metric", "against", "tolerance"} or "metric" not in table:
+        raise UserError(f"{where} must be a metric key or a table {{ metric = \"KEY\", against = \"target\", "
+                        f"tolerance = 0.02 }}, got {entry!r}")
+    key, against = table["metric"], table.get("against", "baseline")
+    if key not in METRICS:
+        raise UserError(f"unknown metric {key!r} in {where}; known: {', '.join(METRICS)}")
+    if METRICS[key].better is None:
+        raise UserError(f"metric {key!r} in {where} has no better side (it is bookkeeping) and cannot be judged")
+    if against not in AGAINST:
+        raise UserError(f"against = {against!r} in {where} must be one of {', '.join(AGAINST)}")
+    if against == "target" and METRICS[key].better != "target":
+        raise UserError(f"metric {key!r} in {where} has no target value (it is {METRICS[key].better}-is-better); "
+                        f"test it against the baseline")
+    tolerance = table.get("tolerance")
+    if against == "target" and (not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0):
+        raise UserError(f"{where} tests {key!r} against its target and needs tolerance = a number >= 0, declared "
+                        f"in advance (how far from the target still counts as on it)")
+    if against == "baseline" and tolerance is not None:
+        raise UserError(f"tolerance in {where} applies only to against = \"target\"")
+    return ClaimTest(key, against, float(tolerance or 0.0))
 
 
-def _parse_claim(name: str, table, variants: Sequence[str], compare: dict, source: str) -> ClaimSpec:
+def _parse_claim(name: str, table, variants: Sequence[str], compare_table: dict, source: str) -> ClaimSpec:
     where = f"[claims.{name}] of {source}"
     if not isinstance(table, dict):
-        raise UserError(f"{where} must be a table with title, text and metrics")
+        raise UserError(f"{where} must be a table with title, text, primary and secondary")
+    for key, why in _REMOVED.items():
+        if key in table:
+            raise UserError(f"{why}; in {where}")
     if set(table) - _KEYS:
         raise UserError(f"unknown key(s) {', '.join(sorted(set(table) - _KEYS))} in {where}; "
                         f"valid: {', '.join(sorted(_KEYS))}")
     if "title" not in table:
         raise UserError(f"{where} has no title")
-    metrics = table.get("metrics")
-    if not isinstance(metrics, list) or not metrics:
-        raise UserError(f"{where} needs metrics = [...], a non-empty list of metric keys")
-    for key in metrics:
-        if key not in METRICS:
-            raise UserError(f"unknown metric {key!r} in {where}; known: {', '.join(METRICS)}")
-        if METRICS[key].better is None:
-            raise UserError(f"metric {key!r} in {where} has no better side (it is bookkeeping) and cannot be judged")
-    sides = {}
-    for role in ("baseline", "candidate"):
-        variant = table.get(role, compare.get(role))
+    if "primary" not in table:
+        raise UserError(f"{where} needs primary = \"KEY\": the one metric, declared in advance, that decides it")
+    primary = _parse_test(table["primary"], f"primary of {where}")
+    secondary = table.get("secondary", [])
+    if not isinstance(secondary, list):
+        raise UserError(f"secondary in {where} must be a list of metric keys or tables")
+    tests = [primary] + [_parse_test(t, f"secondary of {where}") for t in secondary]
+    if len(set(tests)) != len(tests):
+        raise UserError(f"{where} states one test twice; name each metric once per comparison")
+    min_seeds = table.get("min_seeds", MIN_SEEDS)
+    if not isinstance(min_seeds, int) or isinstance(min_seeds, bool) or min_seeds < 2:
+        raise UserError(f"min_seeds in {where} must be a whole number >= 2 (a t interval needs two seeds)")
+    roles = ["candidate"] + (["baseline"] if any(t.against == "baseline" for t in tests) else [])
+    sides = {"baseline": None}
+    for role in roles:
+        variant = table.get(role, compare_table.get(role))
         if variant is None:
             raise UserError(f"{where} names no {role}; add {role} = \"VARIANT\" to it or a [compare] table")
         if variant not in variants:
@@ -136,18 +166,9 @@ def _parse_claim(name: str, table, variants: Sequence[str], compare: dict, sourc
         sides[role] = variant
     if sides["baseline"] == sides["candidate"]:
         raise UserError(f"{where} compares {sides['baseline']!r} with itself; name two different variants")
-    choices = table.get("baseline_samplers", {})
-    if not isinstance(choices, dict):
-        raise UserError(f"baseline_samplers in {where} must be a table like {{ prior = [\"prior\", \"box\"] }}")
-    used = {METRICS[k].sampler for k in metrics}
-    for sampler in choices:
-        if sampler not in used:
-            raise UserError(f"baseline_samplers in {where} names {sampler!r}, which none of the claim's metrics uses; "
-                            f"their samplers: {', '.join(sorted(s for s in used if s)) or 'none'}")
     return ClaimSpec(name, _check_text(table["title"], f"title of {where}"),
-                     _check_text(table.get("text", ""), f"text of {where}"), list(metrics),
-                     sides["baseline"], sides["candidate"],
-                     {s: _check_samplers(a, f"baseline_samplers.{s} in {where}") for s, a in choices.items()})
+                     _check_text(table.get("text", ""), f"text of {where}"), tests[0], tests[1:],
+                     sides["baseline"], sides["candidate"], min_seeds)
 
 
 def parse_claims(tables: dict, variants: Sequence[str], compare: dict, source: str) -> list[ClaimSpec]:
@@ -158,69 +179,87 @@ def parse_claims(tables: dict, variants: Sequence[str], compare: dict, source: s
 
 
 @dataclass
+class Row:
+    """One test of a claim, judged."""
+    role: str  # "primary" or "secondary"
+    spec: ClaimTest
+    better: str | None
+    target: float | None  # the candidate's target (its own context)
+    baseline: Summary | None
+    candidate: Summary
+    test: Judgement
+    p_holm: float = float("nan")  # secondary tests only
+    outcome: str = NOT_JUDGED
+
+
+@dataclass
 class Claim:
     key: str
     title: str
     explanation: str
-    verdict: str
-    rows: list[dict]  # one per metric: metric, baseline_metric, baseline/candidate summaries, comparison
-    baseline: str
+    verdict: str  # the primary test's outcome
+    rows: list[Row]
+    baseline: str | None
     candidate: str
-    note: str = ""  # why the claim is not judged yet (runs it needs that have not finished)
+    reason: str = ""  # why the verdict is "not judged"
+    n: int = 0  # seeds the verdict rests on
+    secondary: dict[str, int] = field(default_factory=dict)  # outcome -> count
 
 
-def missing_runs_note(spec: ClaimSpec, runs: dict[str, tuple[int, int]]) -> str:
-    """"" when both sides of the claim have all their planned runs, else what is missing.
-
-    ``runs[variant]`` is (finished, planned). A verdict on fewer runs than the study plans would rest
-    on a sample the claim was not designed for, so it waits for them."""
-    short = [f"{v} {runs[v][0]} of {runs[v][1]}" for v in (spec.baseline, spec.candidate) if v in runs and runs[v][0] < runs[v][1]]
-    return f"waiting for runs: {', '.join(short)} finished" if short else ""
+Values = Mapping[str, Mapping[str, Mapping[int, float]]]  # variant -> metric -> seed -> value
 
 
-def _judge(spec: ClaimSpec, values: dict[str, dict[str, list[float]]], context: dict[str, dict],
-           runs: dict[str, tuple[int, int]]) -> Claim:
-    baseline, candidate = spec.baseline, spec.candidate
-    waiting = missing_runs_note(spec, runs)
+def _not_comparable(spec: ClaimTest, sides: list[str], context: Mapping[str, dict]) -> str:
+    for variant in sides:
+        if not ranked(spec.metric, context.get(variant, {}).get("met")):
+            return f"{variant}'s {metric(spec.metric).label} is not comparable ({metric(spec.metric).caveat})"
+    return ""
 
-    def direction_of(variant: str, key: str):
+
+def _run_test(spec: ClaimTest, claim: ClaimSpec, values: Values, context: Mapping[str, dict], role: str) -> Row:
+    def side(variant):
         ctx = context.get(variant, {})
-        return direction(key, ctx.get("n_classes", 10), ctx.get("n_codes"), ctx.get("latent_dim"))
+        data = values.get(variant, {}).get(spec.metric, {})
+        return data, direction(spec.metric, ctx.get("n_classes", 10), ctx.get("n_codes"), ctx.get("latent_dim"))
 
-    def best_of(options: Sequence[str]) -> str:
-        present = [m for m in options if m in values.get(baseline, {})]
-        if not present:
-            return options[0]
-        better, target = direction_of(baseline, present[0])
-        scores = [float(np.mean(badness(values[baseline][m], better, target)) if values[baseline][m] else math.inf)
-                  for m in present]
-        return present[int(np.nanargmin(scores))] if not all(math.isnan(s) for s in scores) else present[0]
-
-    rows = []
-    for metric_c in spec.metrics:
-        options = spec.baseline_options(metric_c)
-        metric_b = best_of(options) if len(options) > 1 else options[0]
-        vb, vc = values.get(baseline, {}).get(metric_b), values.get(candidate, {}).get(metric_c)
-        better, target = direction_of(candidate, metric_c)
-        if vb is None or vc is None or better is None:  # e.g. max_radius without the code count its target needs
-            continue
-        _, target_b = direction_of(baseline, metric_b)
-        judged = compare_metric(vb, vc, better, target, target_b)
-        if waiting:
-            judged.update(verdict=UNJUDGED, reason=waiting)
-        rows.append({"metric": metric_c, "baseline_metric": metric_b, "better": better, "target": target,
-                     "baseline": summarize(vb), "candidate": summarize(vc), **judged})
-    names = {"baseline": baseline, "candidate": candidate}
-    return Claim(spec.key, spec.title.format(**names), spec.text.format(**names),
-                 claim_verdict([r["verdict"] for r in rows]), rows, baseline, candidate, waiting)
+    cand, (better, target) = side(claim.candidate)
+    sides = [claim.candidate] + ([claim.baseline] if spec.against == "baseline" else [])
+    base, (_, target_b) = side(claim.baseline) if spec.against == "baseline" else ({}, (None, None))
+    reason = _not_comparable(spec, sides, context)
+    if not reason and any(not values.get(v, {}).get(spec.metric) for v in sides):
+        reason = "no values for " + " and ".join(v for v in sides if not values.get(v, {}).get(spec.metric))
+    if not reason and better is None:
+        reason = f"{metric(spec.metric).label} has no target without the code count and size"
+    if reason:
+        test = Judgement("target" if spec.against == "target" else "comparison", NOT_JUDGED, 0, reason=reason)
+    elif spec.against == "target":
+        test = against_target(cand, target, spec.tolerance, claim.min_seeds)
+    else:
+        test = compare(base, cand, better, target_b, target, claim.min_seeds)
+    return Row(role, spec, better, target, summarize(base) if spec.against == "baseline" else None,
+               summarize(cand), test, outcome=test.outcome)
 
 
-def judge_claims(specs: Sequence[ClaimSpec], values: dict[str, dict[str, list[float]]],
-                 context: dict[str, dict] | None = None, runs: dict[str, tuple[int, int]] | None = None) -> list[Claim]:
+def _judge(spec: ClaimSpec, values: Values, context: Mapping[str, dict]) -> Claim:
+    rows = [_run_test(t, spec, values, context, "primary" if i == 0 else "secondary") for i, t in enumerate(spec.tests)]
+    secondary = rows[1:]
+    for row, p in zip(secondary, holm([r.test.p if r.test.outcome != NOT_JUDGED else float("nan") for r in secondary])):
+        row.p_holm = p
+        if row.test.outcome != NOT_JUDGED:
+            row.outcome = decide(row.test, p)
+    names = {"baseline": spec.baseline, "candidate": spec.candidate}
+    primary = rows[0].test
+    counts = {o: sum(r.outcome == o for r in secondary) for o in (HOLDS, FAILS, INCONCLUSIVE, NOT_JUDGED)}
+    return Claim(spec.key, spec.title.format(**names), spec.text.format(**names), primary.outcome, rows,
+                 spec.baseline, spec.candidate, primary.reason if primary.outcome == NOT_JUDGED else "", primary.n,
+                 {o: n for o, n in counts.items() if n})
+
+
+def judge_claims(specs: Sequence[ClaimSpec], values: Values, context: Mapping[str, dict] | None = None) -> list[Claim]:
     """Judge each claim from per-seed values.
 
-    ``values[variant][metric]`` lists one value per seed; ``context[variant]`` may give
-    ``n_classes``, ``n_codes`` and ``latent_dim`` (for the label-entropy and max-radius targets);
-    ``runs[variant]`` (finished, planned) leaves a claim not judged while a side lacks runs.
+    ``values[variant][metric]`` maps each seed to its value; ``context[variant]`` may give
+    ``n_classes``, ``n_codes`` and ``latent_dim`` (for data-dependent targets) and ``met``, the
+    names in metrics.REQUIREMENTS the variant meets (a metric it may not be ranked on is not judged).
     """
-    return [_judge(spec, values, context or {}, runs or {}) for spec in specs]
+    return [_judge(spec, values, context or {}) for spec in specs]

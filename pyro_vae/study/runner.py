@@ -1,4 +1,6 @@
-"""Run a study: train every variant x seed, evaluate the runs, and collect them for the report.
+"""Run a study: train and evaluate every variant x seed, and collect the runs for the report.
+
+Where the cells run (this process, local workers, a Ray cluster) is `pyro_vae.study.executors`.
 
 The study file itself is :class:`pyro_vae.study.spec.Study`.
 """
@@ -16,12 +18,14 @@ from pyro_vae.data import load_data
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import Scorer, evaluate_run, read_evaluation
 from pyro_vae.io import atomic_write_json, read_json
+from pyro_vae.study.cells import evaluation_stale, make_cell
+from pyro_vae.study.executors import Execution, make_executor
 from pyro_vae.study.spec import STUDY_FILE, Study
 from pyro_vae.training import runs
-from pyro_vae.training.trainer import check, resume, train
+from pyro_vae.training.trainer import check
 
 # Study and STUDY_FILE live in spec.py; they stay importable from here, where callers first found them.
-__all__ = ["run_study", "evaluate_study", "collect", "Study", "STUDY_FILE"]
+__all__ = ["run_study", "evaluate_study", "collect", "Study", "STUDY_FILE", "Execution"]
 
 
 def _check_same_config(run: Path, cfg: TrainConfig) -> None:
@@ -40,8 +44,11 @@ def _fmt_minutes(seconds: float) -> str:
 
 
 def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
-              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Path:
-    """Train every variant x seed (skipping complete runs, resuming unfinished ones), then evaluate them."""
+              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+              execution: Execution | None = None) -> Path:
+    """Train and evaluate every variant x seed (skipping complete runs, resuming unfinished ones),
+    where `execution` says (default: one after another in this process)."""
+    execution = execution or Execution(progress=progress)
     runs_dir = Path(runs_dir)
     for variant in study.variants:  # a variant whose model cannot be built fails before any folder is written
         check(study.config(variant, study.seeds[0]))
@@ -51,50 +58,39 @@ def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
         if previous.get("name") != study.name:
             raise UserError(f"{runs_dir} holds the runs of study {previous.get('name')!r}; use another --out for {study.name!r}")
     atomic_write_json(runs_dir / STUDY_FILE, asdict(study))
-    cells = study.cells()
-    todo = []
-    for variant, seed in cells:
+    settings = asdict(study.eval_settings())
+    cells = []
+    for variant, seed in study.cells():
         run, cfg = study.run_dir(runs_dir, variant, seed), study.config(variant, seed)
-        done = 0
         if (run / runs.CONFIG).exists():
             _check_same_config(run, cfg)
-            done = len(runs.read_metrics(run)) if (run / runs.CHECKPOINT).exists() else 0
-        todo.append((variant, seed, run, cfg, max(cfg.epochs - done, 0)))
-    epochs_left = sum(t[-1] for t in todo)
+        cells.append(make_cell(variant, seed, run, cfg, settings))
+    executor = make_executor(execution, study.resources, log)
+    todo = [c for c in cells if c.todo]
     log(f"study {study.name}: {len(cells)} runs ({len(study.variants)} variants x {len(study.seeds)} seeds), "
-        f"{epochs_left} epochs to train, then evaluation -> {runs_dir}")
-    started, trained = time.perf_counter(), 0
-    for i, (variant, seed, run, cfg, remaining) in enumerate(todo, 1):
-        head = f"[{i}/{len(todo)}] {variant} seed {seed}"
-        if remaining == 0:
-            log(f"{head}: complete, skipped")
-            continue
-        if trained:
-            rate = (time.perf_counter() - started) / trained
-            log(f"{head}: {remaining} epochs (training about {_fmt_minutes(rate * epochs_left)} left)")
-        else:
-            log(f"{head}: {remaining} epochs")
-        if (run / runs.CHECKPOINT).exists():
-            resume(run, cfg.epochs, progress=progress, log=log)
-        else:
-            train(cfg, run, force=True, progress=progress, log=log)
-        trained += remaining
-        epochs_left -= remaining
-    log(f"training done in {_fmt_minutes(time.perf_counter() - started)}")
-    evaluate_study(study, runs_dir, log=log)
+        f"{sum(c.epochs_left for c in todo)} epochs to train, then evaluation, {executor.describe()} -> {runs_dir}")
+    for cell in cells:
+        if not cell.todo:
+            log(f"{cell.name}: complete, skipped")
+    started, left = time.perf_counter(), {c.name: c for c in todo}
+    for i, (cell, result) in enumerate(executor.run(todo), 1):
+        del left[cell.name]
+        done = [f"trained epochs {result['resumed_at'] + 1}-{result['resumed_at'] + result['epochs']}"] if result["epochs"] else []
+        done += ["evaluated"] if result["evaluated"] else []
+        # The rest's time, from the pace so far per unit of work (an epoch, or an evaluation counted as one).
+        work_done = sum(c.epochs_left + 1 for c in todo if c.name not in left)
+        eta = (time.perf_counter() - started) / work_done * sum(c.epochs_left + 1 for c in left.values())
+        log(f"[{i}/{len(todo)}] {cell.name}: {', '.join(done)} in {_fmt_minutes(result['seconds'])}"
+            + (f" (about {_fmt_minutes(eta)} left)" if left else ""))
+    log(f"training and evaluation done in {_fmt_minutes(time.perf_counter() - started)}")
     return runs_dir
 
 
 def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None], cells: list[tuple[str, int]] | None = None) -> None:
     """Evaluate every run (of `cells`, default all) whose evaluation is missing or older than its checkpoint."""
     settings = study.eval_settings()
-    stale = []
-    for variant, seed in study.cells() if cells is None else cells:
-        run = study.run_dir(runs_dir, variant, seed)
-        evaluation = run / runs.EVALUATION
-        if not evaluation.exists() or evaluation.stat().st_mtime < (run / runs.CHECKPOINT).stat().st_mtime \
-                or read_json(evaluation).get("settings") != asdict(settings):
-            stale.append((variant, seed, run))
+    stale = [(v, s, study.run_dir(runs_dir, v, s)) for v, s in (study.cells() if cells is None else cells)
+             if evaluation_stale(study.run_dir(runs_dir, v, s), asdict(settings))]
     if not stale:
         log("evaluation: all runs already evaluated")
         return

@@ -14,6 +14,7 @@
     title = "Centred: {candidate}'s codes sit like N(0, I) samples, {baseline}'s do not"
     metrics = ["mean_norm", "gaussian_kl"]
     [evaluation]      # optional: EvalSettings
+    [resources]       # optional: what one run asks of a Ray cluster (cpus = 1, gpus = 0.25)
 
 RUNS_DIR/<variant>/seed-<seed>/ holds one run folder each, and RUNS_DIR/study.json the resolved study.
 """
@@ -29,6 +30,7 @@ from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import EvalSettings
 from pyro_vae.io import read_json, read_toml
 from pyro_vae.study.claims import ClaimSpec, parse_claims
+from pyro_vae.study.resources import check_resources
 
 __all__ = ["Study", "STUDY_FILE"]
 
@@ -48,6 +50,7 @@ class Study:
     evaluation: dict = field(default_factory=dict)
     claims: dict = field(default_factory=dict)  # the [claims.NAME] tables as written; see claim_specs
     overrides: dict = field(default_factory=dict)  # what the command line changed (study/overrides.py), kept in study.json
+    resources: dict = field(default_factory=dict)  # per run on Ray; see pyro_vae.study.resources
 
     def config(self, variant: str, seed: int) -> TrainConfig:
         cfg = TrainConfig.from_dict(self.base, "[base]")
@@ -69,7 +72,8 @@ class Study:
 
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "Study":
-        known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims", "overrides"}
+        known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims", "resources",
+                 "overrides"}
         if set(d) - known:
             raise UserError(f"unknown key(s) {', '.join(sorted(set(d) - known))} in {source}; valid: {', '.join(sorted(known))}")
         if not d.get("variants"):
@@ -84,7 +88,9 @@ class Study:
             name=d.get("name", Path(source).stem), title=d.get("title", d.get("name", Path(source).stem)),
             description=d.get("description", ""), seeds=list(seeds), base=dict(d.get("base", {})),
             variants={k: dict(v) for k, v in d["variants"].items()}, compare=dict(d.get("compare", {})),
-            evaluation=dict(d.get("evaluation", {})), claims=d.get("claims", {}), overrides=dict(d.get("overrides", {})),
+            evaluation=dict(d.get("evaluation", {})), claims=d.get("claims", {}),
+            resources=check_resources(dict(d.get("resources", {})), f"[resources] of {source}"),
+            overrides=dict(d.get("overrides", {})),
         )
         for variant in study.variants:
             study.config(variant, study.seeds[0])  # every cell must be a valid config before anything runs

@@ -1,17 +1,36 @@
-"""Per-seed numbers to summaries and to a verdict on one metric (pure functions)."""
+"""Per-seed numbers to summaries, paired differences, intervals, p-values and outcomes (pure functions).
+
+Two tests, one decision rule. A *comparison* pairs seed s of the baseline with seed s of the
+candidate (the seeds share the data, the test binarisation and the evaluation draws), turns each
+value into a badness (lower is better) and tests the mean improvement badness_b - badness_c against
+0. A *target test* takes one variant's per-seed values and tests their mean against the metric's
+ideal value (0.95 for the share of codes in the 95% ball of N(0, I)) within a tolerance declared in
+advance. Both use Student's t on the per-seed numbers (scipy.stats.t), a 95% interval, and say
+``holds``, ``fails``, ``inconclusive`` or ``not judged``:
+
+    comparison: holds when the interval lies above 0, fails when it lies below 0
+    target:     holds when the interval lies inside target ± tolerance, fails when it lies outside
+
+The p-value shown is the smallest level at which the outcome would be decided (for a comparison:
+the two-sided paired-t p-value), so Holm's step-down (:func:`holm`) applies to it unchanged.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
-__all__ = ["Summary", "summarize", "badness", "compare_metric", "MIN_SEEDS", "BETTER", "WORSE", "SAME", "UNJUDGED"]
+__all__ = ["Summary", "summarize", "badness", "Judgement", "paired_improvements", "t_test", "compare", "against_target",
+           "holm", "decide", "ALPHA", "HOLDS", "FAILS", "INCONCLUSIVE", "NOT_JUDGED", "OUTCOMES", "METHOD"]
 
-MIN_SEEDS = 2  # seeds per variant needed before a difference is judged
-BETTER, WORSE, SAME, UNJUDGED = "better", "worse", "no clear difference", "not judged"
+ALPHA = 0.05  # 95% intervals; a decision needs p < ALPHA (Holm-adjusted for secondary metrics)
+HOLDS, FAILS, INCONCLUSIVE, NOT_JUDGED = "holds", "fails", "inconclusive", "not judged"
+OUTCOMES = (HOLDS, FAILS, INCONCLUSIVE, NOT_JUDGED)
+METHOD = "Student's t over seeds (paired by seed for comparisons), 95% interval"
 
 
 @dataclass
@@ -22,8 +41,9 @@ class Summary:
     n: int
 
 
-def summarize(values: Sequence[float]) -> Summary:
+def summarize(values: Sequence[float] | Mapping[int, float]) -> Summary:
     """Mean and sample std (ddof=1, 0 for one value) over the non-NaN values; infinities propagate."""
+    values = list(values.values()) if isinstance(values, Mapping) else values
     v = np.asarray([float(x) for x in values if x is not None], dtype=float)
     v = v[~np.isnan(v)]
     if v.size == 0:
@@ -35,9 +55,8 @@ def summarize(values: Sequence[float]) -> Summary:
 
 
 def badness(values: Sequence[float], better: str, target: float | None) -> np.ndarray:
-    """The non-NaN values turned so that lower is better: as they are, negated, or distance to target."""
-    v = np.asarray([float(x) for x in values if x is not None], dtype=float)
-    v = v[~np.isnan(v)]
+    """The values turned so that lower is better: as they are, negated, or distance to target."""
+    v = np.asarray([float(x) for x in values], dtype=float)
     if better == "lower":
         return v
     if better == "higher":
@@ -47,34 +66,100 @@ def badness(values: Sequence[float], better: str, target: float | None) -> np.nd
     raise ValueError(f"unknown direction {better!r}; use 'lower', 'higher' or 'target'")
 
 
-def compare_metric(baseline: Sequence[float], candidate: Sequence[float], better: str,
-                   target: float | None = None, baseline_target: float | None = None,
-                   min_seeds: int = MIN_SEEDS) -> dict:
-    """Judge candidate against baseline on one metric from their per-seed values.
+@dataclass
+class Judgement:
+    """One test's result. ``estimate`` is the mean improvement (comparison) or mean minus target."""
+    kind: str  # "comparison" or "target"
+    outcome: str
+    n: int  # seeds the test rests on (pairs for a comparison)
+    estimate: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+    p: float = math.nan
+    tolerance: float = 0.0
+    reason: str = ""
+    dropped: list[int] = field(default_factory=list)  # seeds present on one side only
 
-    Each value becomes a "badness" (the value for lower-is-better, minus it for higher-is-better,
-    the distance to ``target`` otherwise; ``baseline_target`` if the baseline's target differs).
-    The improvement is mean badness of the baseline minus that of the candidate; its standard
-    error is sqrt(s_b²/n_b + s_c²/n_c), floored at 1e-6 × (1 + the larger |mean badness|).
-    Verdict: "better" when the improvement exceeds 2 standard errors, "worse" when it is below
-    minus 2 standard errors, "no clear difference" otherwise, and "not judged" when a side has
-    fewer than ``min_seeds`` values (no spread to compare against). An infinite badness (e.g. a
-    collapsed code space with infinite KL) on one side only makes that side the worse one.
-    """
-    tb = target if baseline_target is None else baseline_target
-    b, c = badness(baseline, better, tb), badness(candidate, better, target)
-    out = {"improvement": math.nan, "threshold": math.nan, "n_baseline": int(b.size), "n_candidate": int(c.size)}
-    if b.size < min_seeds or c.size < min_seeds:
-        return {**out, "verdict": UNJUDGED, "reason": f"needs at least {min_seeds} seeds per variant"}
-    b_inf, c_inf = bool(np.isinf(b).any()), bool(np.isinf(c).any())
-    if b_inf or c_inf:
-        if b_inf and c_inf:
-            return {**out, "verdict": UNJUDGED, "reason": "infinite values on both sides"}
-        return {**out, "improvement": math.inf if b_inf else -math.inf,
-                "verdict": BETTER if b_inf else WORSE, "reason": "infinite value on one side"}
-    mb, mc = float(b.mean()), float(c.mean())
-    se = math.sqrt(b.var(ddof=1) / b.size + c.var(ddof=1) / c.size)
-    se = max(se, 1e-6 * (1.0 + max(abs(mb), abs(mc))))
-    improvement, threshold = mb - mc, 2.0 * se
-    verdict = BETTER if improvement > threshold else WORSE if improvement < -threshold else SAME
-    return {**out, "improvement": improvement, "threshold": threshold, "verdict": verdict, "reason": ""}
+
+def _finite(values: Mapping[int, float]) -> dict[int, float]:
+    return {s: float(x) for s, x in values.items() if x is not None and not math.isnan(float(x))}
+
+
+def paired_improvements(baseline: Mapping[int, float], candidate: Mapping[int, float], better: str,
+                        baseline_target: float | None = None, candidate_target: float | None = None
+                        ) -> tuple[dict[int, float], list[int]]:
+    """{seed: badness_b - badness_c} over the seeds both sides have (NaN counts as missing), and the
+    seeds only one side has. Positive: the candidate is better on that seed."""
+    b, c = _finite(baseline), _finite(candidate)
+    seeds = sorted(set(b) & set(c))
+    dropped = sorted(set(b) ^ set(c))
+    bb = badness([b[s] for s in seeds], better, baseline_target)
+    bc = badness([c[s] for s in seeds], better, candidate_target)
+    with np.errstate(invalid="ignore"):
+        return {s: float(x) for s, x in zip(seeds, bb - bc)}, dropped
+
+
+def decide(test: Judgement, p: float | None = None) -> str:
+    """The outcome of a judged test at p (its own, or a Holm-adjusted one): decided when p < ALPHA."""
+    p = test.p if p is None else p
+    if not p < ALPHA:
+        return INCONCLUSIVE
+    if test.kind == "comparison":
+        return HOLDS if test.estimate > 0 else FAILS
+    return HOLDS if abs(test.estimate) < test.tolerance else FAILS
+
+
+def t_test(samples: Sequence[float], kind: str, tolerance: float = 0.0, min_n: int = 2) -> Judgement:
+    """Student's t on samples whose mean is tested against 0 (comparison) or within ±tolerance (target)."""
+    x = np.asarray(samples, dtype=float)
+    n = int(x.size)
+    if n < max(min_n, 2):
+        return Judgement(kind, NOT_JUDGED, n, tolerance=tolerance,
+                    reason=f"rests on {n} seed{'s' * (n != 1)}; needs at least {max(min_n, 2)}")
+    if not np.isfinite(x).all():
+        if np.isposinf(x).all() or np.isneginf(x).all():  # e.g. a collapsed code space: infinite KL on one side
+            m = float(x[0])
+            test = Judgement(kind, NOT_JUDGED, n, m, m, m, 0.0, tolerance, "infinite on every seed")
+            test.outcome = decide(test)
+            return test
+        return Judgement(kind, NOT_JUDGED, n, tolerance=tolerance, reason="infinite values on some seeds only")
+    m, df = float(x.mean()), n - 1
+    # A floor on the standard error: seeds that agree to the last bit are no proof of a difference.
+    se = max(float(x.std(ddof=1)) / math.sqrt(n), 1e-12 * (1.0 + abs(m)))
+    q = float(stats.t.ppf(1 - ALPHA / 2, df))
+    if kind == "comparison":
+        p = float(2 * stats.t.sf(abs(m) / se, df))
+    else:  # decided inside the band (holds) or outside it (fails), whichever needs the lower level
+        p_in = 2 * stats.t.sf((tolerance - abs(m)) / se, df) if tolerance > 0 else 1.0
+        p_out = 2 * stats.t.sf((abs(m) - tolerance) / se, df)
+        p = float(min(p_in, p_out, 1.0))
+    test = Judgement(kind, INCONCLUSIVE, n, m, m - q * se, m + q * se, min(p, 1.0), tolerance)
+    test.outcome = decide(test)
+    return test
+
+
+def compare(baseline: Mapping[int, float], candidate: Mapping[int, float], better: str,
+            baseline_target: float | None = None, candidate_target: float | None = None, min_n: int = 2) -> Judgement:
+    """Candidate against baseline on one metric, paired by seed (see the module docstring)."""
+    diffs, dropped = paired_improvements(baseline, candidate, better, baseline_target, candidate_target)
+    test = t_test(list(diffs.values()), "comparison", min_n=min_n)
+    test.dropped = dropped
+    return test
+
+
+def against_target(values: Mapping[int, float], target: float, tolerance: float, min_n: int = 2) -> Judgement:
+    """One variant's per-seed values against the metric's target value, within ±tolerance."""
+    x = _finite(values)
+    return t_test([v - target for v in x.values()], "target", tolerance, min_n)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order; NaN (untested) stays NaN and is not counted."""
+    indexed = [(p, i) for i, p in enumerate(pvalues) if not math.isnan(p)]
+    m = len(indexed)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(indexed)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out

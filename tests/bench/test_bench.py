@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pyro_vae.bench.options import DEFAULT_VARIANTS, Options, add_arguments
-from pyro_vae.bench.study import bench_study
+from pyro_vae.bench.study import bench_study, summarise_modes
 from pyro_vae.bench.tables import table_rows
 from pyro_vae.bench.targets import TARGET_STUDY_BYTES
 from pyro_vae.bench.throughput import build_pair
@@ -152,3 +152,67 @@ def test_study_item_measures_the_child_process(tmp_path):
     assert (tmp_path / "runs" / "VAE" / "seed-0" / "checkpoint.pt").exists()
     rows = table_rows({"study": result})
     assert [r["item"] for r in rows] == ["study: wall time", "study: peak memory (max RSS)"]
+
+
+@pytest.mark.slow
+def test_peers_train_the_same_network_on_the_same_data_and_report_ratios_and_elbos(tmp_path, capsys):
+    out = tmp_path / "peers.json"
+    code = main(["bench", "--variants", "", "--no-eval", "--peers", "--train-images", "600", "--repeats", "1",
+                 "--threads", "1", "--json", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "peer pyro-example: epoch" in printed
+    peers = json.loads(out.read_text())["peers"]
+    assert peers["epochs"] == 2 and peers["images"] == 600
+    sides = peers["sides"]
+    assert {"pyro-vae", "pyro-example"} <= set(sides) and sides["pyro-vae"]["ratio"] == 1.0
+    for name, s in sides.items():
+        assert s["epoch"]["median"] > 0 and s["ratio"] > 0, name
+        # two epochs on 600 images: well above an untrained model's ELBO (about -550) and below 0
+        assert -400 < s["test_elbo"] < 0, (name, s["test_elbo"])
+    assert ("pythae" in sides) != ("pythae" in peers["skipped"])
+
+
+def test_the_common_test_elbo_is_the_analytic_elbo():
+    """On a model small enough to check by hand: one image, a known Gaussian posterior, a decoder with
+    constant logits; the estimator must give log-likelihood minus the closed-form KL."""
+    import torch
+
+    from pyro_vae.bench.peers import test_elbo
+
+    x = torch.tensor([[1.0, 0.0, 1.0]])
+    loc, scale = torch.tensor([[0.5, -1.0]]), torch.tensor([[0.3, 2.0]])
+    logits = torch.tensor([0.2, -0.4, 1.0])
+    got = test_elbo(lambda xb: (loc, scale), lambda z: logits.expand(*z.shape[:-1], 3), x)
+    kl = float(0.5 * (scale**2 + loc**2 - 1).sum() - scale.log().sum())
+    loglik = float(-torch.nn.functional.binary_cross_entropy_with_logits(logits, x[0], reduction="sum"))
+    assert got == pytest.approx(loglik - kl, abs=1e-5)
+
+
+def test_the_twin_trains_beside_the_project_and_lands_near_it(tmp_path, capsys):
+    out = tmp_path / "twin.json"
+    code = main(["bench", "--variants", "", "--no-eval", "--twin", "--twin-epochs", "2", "--twin-seeds", "0,1",
+                 "--twin-datasets", "mnist", "--train-images", "600", "--threads", "1", "--json", str(out), "--quiet"])
+    assert code == 0 and "twin mnist: project - twin test ELBO" in capsys.readouterr().out
+    twin = json.loads(out.read_text())["twin"]
+    assert [(r["dataset"], r["seed"], r["epochs"]) for r in twin["rows"]] == [("mnist", 0, 2), ("mnist", 1, 2)]
+    for r in twin["rows"]:
+        # the same start, data and optimiser: after 2 short epochs the two differ by gradient noise only
+        assert -400 < r["project"] < 0 and abs(r["difference"]) < 5, r
+    s = twin["summary"]["mnist"]
+    assert s["seeds"] == 2 and s["met"] == (abs(s["mean_difference"]) <= 0.5)
+
+
+def test_twin_options_are_checked():
+    assert main(["bench", "--twin", "--twin-seeds", "x"]) == 2
+    assert main(["bench", "--twin", "--twin-datasets", "cifar", "--variants", "", "--no-eval"]) == 2
+    modes = {mode: {**result, "wall_seconds": wall} for mode, wall in (("workers 1", 300.0), ("workers 2", 180.0), ("ray", 189.0))}
+    summary = summarise_modes(modes, runs=9)
+    assert summary["speedup_workers_2"] == pytest.approx(300 / 180)
+    assert summary["ray_overhead_per_run"] == pytest.approx(2 * 9 / 9)  # (189 - 180) s over 9 runs in 2 slots
+    # 300 runs on 10 two-core workers: 15 waves of (40 s per run + 2 s overhead); on 100: 2 waves.
+    assert summary["projection"] == {10: pytest.approx(15 * 42.0), 100: pytest.approx(2 * 42.0)}
+    rows = table_rows({"study": summary})
+    assert [r["item"] for r in rows] == ["study --workers 1: wall time", "study --workers 2: wall time", "study --ray: wall time",
+                                         "study: peak memory (max RSS)", "study: --workers 2 speed-up", "study: Ray overhead per run",
+                                         "study: 300 runs on 10 two-core workers", "study: 300 runs on 100 two-core workers"]
+    assert rows[4]["ratio"] == "1.67x" and rows[5]["median"] == "2 s"

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.metrics import expected_max_radius
 from pyro_vae.io import read_toml
-from pyro_vae.study.claims import FAILS, HOLDS, NOT_JUDGED, PARTLY, claim_verdict, judge_claims, parse_claims
+from pyro_vae.study.claims import FAILS, HOLDS, INCONCLUSIVE, MIN_SEEDS, NOT_JUDGED, ClaimTest, judge_claims, parse_claims
 from pyro_vae.study.spec import Study
-from pyro_vae.study.statistics import BETTER, SAME, UNJUDGED, WORSE, compare_metric
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 AE_VS_VAE = read_toml(STUDIES / "ae_vs_vae.toml")
@@ -21,7 +20,8 @@ CLAIMS = parse_claims(AE_VS_VAE["claims"], ["AE", "MAP-AE", "VAE"], AE_VS_VAE["c
 BASE = {"name": "tiny", "seeds": [0, 1], "base": {"dataset": "mnist", "epochs": 1},
         "variants": {"AE": {"guide": "delta", "beta": 0.0}, "VAE": {}, "flow": {"prior": "flow"}}}
 GOOD_CLAIM = {"title": "Centred: {candidate} beats {baseline}", "text": "Codes of {candidate}.",
-              "metrics": ["mean_norm", "gaussian_kl"]}
+              "primary": "mean_norm", "secondary": ["gaussian_kl"]}
+PAIR = {"baseline": "AE", "candidate": "VAE"}
 
 
 def _study(claims: dict, compare: dict | None = None) -> Study:
@@ -38,7 +38,13 @@ def test_every_shipped_study_reads_and_only_the_ae_vs_vae_ones_state_claims():
         if path.stem.startswith("ae_vs_vae"):
             assert [c.key for c in specs] == ["holes", "centre", "spread"], path.name
             assert all((c.baseline, c.candidate) == ("AE", "VAE") for c in specs), path.name
-            assert specs[0].baseline_samplers == {"prior": ["prior", "box"]}
+            holes, centre, spread = specs
+            # Claim 2 is tested in absolute terms: the candidate's codes against N(0, I)'s 0.95.
+            assert centre.primary == ClaimTest("share_in_95", "target", 0.02)
+            assert spread.primary.metric == "white_spread_cv"
+            assert "silhouette" not in {t.metric for t in spread.tests}  # separation, not spread
+            # One recipe for both sides: every sample-quality test compares the same sampler's images.
+            assert all(t.against == "baseline" for t in holes.tests)
         else:
             assert specs == [], path.name
 
@@ -47,7 +53,8 @@ def test_claims_default_to_the_compare_table_and_may_name_their_own_variants():
     claims = {"centre": GOOD_CLAIM, "prior": {**GOOD_CLAIM, "baseline": "VAE", "candidate": "flow"}}
     specs = _study(claims, {"baseline": "AE", "candidate": "VAE"}).claim_specs()
     assert [(c.key, c.baseline, c.candidate) for c in specs] == [("centre", "AE", "VAE"), ("prior", "VAE", "flow")]
-    assert specs[1].metrics == ["mean_norm", "gaussian_kl"] and specs[1].text == "Codes of {candidate}."
+    assert specs[1].primary == ClaimTest("mean_norm") and specs[1].secondary == [ClaimTest("gaussian_kl")]
+    assert specs[1].text == "Codes of {candidate}." and specs[1].min_seeds == MIN_SEEDS
     # Without [compare], a claim naming both sides is complete.
     assert _study({"prior": claims["prior"]}).claim_specs()[0].candidate == "flow"
 
@@ -62,20 +69,31 @@ def test_the_study_file_keeps_its_claims_through_study_json(tmp_path):
 
 
 @pytest.mark.parametrize("claims, compare, message", [
-    ({"c": {**GOOD_CLAIM, "metrics": ["mean_norm", "nope"]}}, None, r"unknown metric 'nope' in \[claims.c\]"),
-    ({"c": {**GOOD_CLAIM, "metric": ["mean_norm"]}}, None, r"unknown key\(s\) metric in \[claims.c\]"),
+    ({"c": {**GOOD_CLAIM, "primary": "nope"}}, None, r"unknown metric 'nope' in primary of \[claims.c\]"),
+    ({"c": {**GOOD_CLAIM, "secondary": ["mean_norm", "nope"]}}, PAIR, r"unknown metric 'nope' in secondary"),
+    ({"c": {**GOOD_CLAIM, "primaryy": "mean_norm"}}, PAIR, r"unknown key\(s\) primaryy in \[claims.c\]"),
     ({"c": {**GOOD_CLAIM, "candidate": "VAE2"}}, {"baseline": "AE"}, r"candidate 'VAE2' in \[claims.c\].*not a variant"),
-    ({"c": GOOD_CLAIM}, None, r"\[claims.c\] .*names no baseline"),
+    ({"c": GOOD_CLAIM}, None, r"\[claims.c\] .*names no candidate"),
+    ({"c": {**GOOD_CLAIM, "candidate": "VAE"}}, None, r"\[claims.c\] .*names no baseline"),
     ({"c": {**GOOD_CLAIM, "baseline": "VAE", "candidate": "VAE"}}, None, "with itself"),
-    ({"c": {**GOOD_CLAIM, "metrics": []}}, {"baseline": "AE", "candidate": "VAE"}, "non-empty list"),
-    ({"c": {"metrics": ["mean_norm"]}}, {"baseline": "AE", "candidate": "VAE"}, "has no title"),
-    ({"c": {**GOOD_CLAIM, "metrics": ["eval_seconds"]}}, {"baseline": "AE", "candidate": "VAE"}, "cannot be judged"),
-    ({"c": {**GOOD_CLAIM, "title": "{winner} wins"}}, {"baseline": "AE", "candidate": "VAE"}, r"names \{winner\}"),
-    ({"c": {**GOOD_CLAIM, "metrics": ["prior_fid"], "baseline_samplers": {"prior": ["box", "grid"]}}},
-     {"baseline": "AE", "candidate": "VAE"}, "must name sampler"),
-    ({"c": {**GOOD_CLAIM, "baseline_samplers": {"prior": ["box"]}}}, {"baseline": "AE", "candidate": "VAE"},
-     "none of the claim's metrics uses"),
-    ({"c": "mean_norm"}, {"baseline": "AE", "candidate": "VAE"}, "must be a table"),
+    ({"c": {"title": "t", "secondary": ["mean_norm"]}}, PAIR, "needs primary"),
+    ({"c": {"primary": "mean_norm"}}, PAIR, "has no title"),
+    ({"c": {**GOOD_CLAIM, "primary": "eval_seconds"}}, PAIR, "cannot be judged"),
+    ({"c": {**GOOD_CLAIM, "title": "{winner} wins"}}, PAIR, r"names \{winner\}"),
+    ({"c": {**GOOD_CLAIM, "secondary": ["gaussian_kl", "gaussian_kl"]}}, PAIR, "one test twice"),
+    ({"c": {**GOOD_CLAIM, "secondary": "gaussian_kl"}}, PAIR, "must be a list"),
+    ({"c": {**GOOD_CLAIM, "min_seeds": 1}}, PAIR, "min_seeds .* >= 2"),
+    ({"c": {**GOOD_CLAIM, "primary": {"metric": "share_in_95", "against": "target"}}}, PAIR, "needs tolerance"),
+    ({"c": {**GOOD_CLAIM, "primary": {"metric": "gaussian_kl", "against": "target", "tolerance": 0.1}}}, PAIR,
+     "has no target value"),
+    ({"c": {**GOOD_CLAIM, "primary": {"metric": "share_in_95", "against": "AE"}}}, PAIR, "must be one of baseline, target"),
+    ({"c": {**GOOD_CLAIM, "primary": {"metric": "mean_norm", "tolerance": 0.1}}}, PAIR, "tolerance .* only to against"),
+    ({"c": {**GOOD_CLAIM, "primary": {"key": "mean_norm"}}}, PAIR, "must be a metric key or a table"),
+    # The old schema: one line saying what replaced it, and why.
+    ({"c": {"title": "t", "metrics": ["mean_norm"]}}, PAIR, "metrics was replaced: name one primary"),
+    ({"c": {**GOOD_CLAIM, "baseline_samplers": {"prior": ["prior", "box"]}}}, PAIR,
+     "baseline_samplers was removed: giving the baseline the better of two samplers"),
+    ({"c": "mean_norm"}, PAIR, "must be a table"),
 ])
 def test_bad_claims_are_one_line_user_errors(claims, compare, message):
     with pytest.raises(UserError, match=message) as error:
@@ -88,107 +106,110 @@ def test_a_claim_pair_must_be_variants_of_the_study_even_from_compare():
         _study({"c": GOOD_CLAIM}, {"baseline": "AE", "candidate": "nope"})
 
 
+
+
+def test_a_claim_tested_only_against_targets_needs_no_baseline():
+    spec = _study({"c": {"title": "{candidate} is N(0, I)-like", "candidate": "VAE",
+                         "primary": {"metric": "share_in_95", "against": "target", "tolerance": 0.02}}}).claim_specs()[0]
+    assert spec.baseline is None and spec.candidate == "VAE"
+
+
 # ---------------------------------------------------------------------------------------------
-# The verdict logic on constructed numbers (the AE-vs-VAE claims of studies/ae_vs_vae.toml)
+# Verdicts from per-seed numbers whose truth is known (the claims of studies/ae_vs_vae.toml)
+
+IDEAL = {"prior_fid": 5.0, "prior_confidence": 0.95, "box_fid": 5.0, "box_confidence": 0.95, "mid_same_fid": 5.0,
+         "mid_same_confidence": 0.95, "mid_diff_fid": 5.0, "mid_diff_confidence": 0.95, "mean_norm": 0.01,
+         "gaussian_kl": 0.01, "share_in_95": 0.95, "max_abs_skewness": 0.05, "max_radius": 3.99,
+         "white_spread_ratio": 1.1, "white_spread_cv": 0.05, "spread_ratio": 1.1, "spread_cv": 0.05}
+POOR = {"prior_fid": 80.0, "prior_confidence": 0.5, "box_fid": 60.0, "box_confidence": 0.6, "mid_same_fid": 50.0,
+        "mid_same_confidence": 0.6, "mid_diff_fid": 70.0, "mid_diff_confidence": 0.5, "mean_norm": 4.0,
+        "gaussian_kl": 30.0, "share_in_95": 0.2, "max_abs_skewness": 2.0, "max_radius": 40.0,
+        "white_spread_ratio": 4.0, "white_spread_cv": 0.5, "spread_ratio": 5.0, "spread_cv": 0.6}
+CONTEXT = {v: {"n_classes": 10, "n_codes": 2000, "latent_dim": 2} for v in ("AE", "MAP-AE", "VAE")}
 
 
-@pytest.mark.parametrize("better, target, base, cand, expected", [
-    ("lower", None, [10.0, 11.0, 10.5], [1.0, 1.2, 0.9], BETTER),
-    ("lower", None, [1.0, 1.2, 0.9], [10.0, 11.0, 10.5], WORSE),
-    ("lower", None, [1.0, 3.0, 2.0], [1.5, 2.5, 2.2], SAME),
-    ("higher", None, [0.2, 0.25, 0.22], [0.9, 0.92, 0.91], BETTER),
-    ("higher", None, [0.9, 0.92, 0.91], [0.2, 0.25, 0.22], WORSE),
-    ("target", 0.95, [0.30, 0.35, 0.32], [0.94, 0.95, 0.96], BETTER),
-    ("target", 0.95, [0.99, 0.999, 1.0], [0.94, 0.95, 0.96], BETTER),  # overshooting is also a miss
-    ("target", 0.95, [0.94, 0.95, 0.96], [0.5, 0.55, 0.6], WORSE),
-    ("lower", None, [5.0, 5.0], [5.0, 5.0], SAME),  # no spread at all: the floor keeps it undecided
-    ("lower", None, [5.0], [1.0], UNJUDGED),  # one seed: no spread to judge against
-    ("lower", None, [math.inf, 3.0], [1.0, 1.1], BETTER),  # a collapsed (infinite-KL) baseline
-])
-def test_compare_metric(better, target, base, cand, expected):
-    assert compare_metric(base, cand, better, target)["verdict"] == expected
+def _seeded(d: dict, seeds=(0, 1, 2), jitter=(-0.002, 0.0, 0.002)) -> dict:
+    return {k: {s: v * (1 + j) for s, j in zip(seeds, jitter)} for k, v in d.items()}
 
 
-def test_compare_metric_uses_two_standard_errors():
-    # difference 1.0; sd 1 on both sides with 4 seeds: SE = sqrt(1/4 + 1/4) = 0.707, 2 SE = 1.41 > 1
-    base = [0.0, 1.0, 2.0, 2.0]
-    cand = [x - 1.0 for x in base]
-    result = compare_metric(base, cand, "lower")
-    assert result["improvement"] == pytest.approx(1.0)
-    assert result["threshold"] > 1.0 and result["verdict"] == SAME
-    tight = compare_metric([x * 0.1 for x in base], [x * 0.1 - 1.0 for x in base], "lower")
-    assert tight["verdict"] == BETTER and tight["threshold"] < 1.0
-
-
-@pytest.mark.parametrize("verdicts, expected", [
-    ([BETTER, BETTER, BETTER], HOLDS),
-    ([BETTER, SAME, BETTER], PARTLY),
-    ([BETTER, WORSE, BETTER], FAILS),
-    ([SAME, SAME], FAILS),
-    ([WORSE], FAILS),
-    ([UNJUDGED, UNJUDGED], NOT_JUDGED),
-    ([BETTER, UNJUDGED], PARTLY),
-    ([], NOT_JUDGED),
-])
-def test_claim_verdict(verdicts, expected):
-    assert claim_verdict(verdicts) == expected
-
-
-def _values(good: bool) -> dict:
-    """Per-seed values where the candidate (VAE) is clearly better (good=True) or clearly worse."""
-    ideal = {"prior_fid": 5.0, "prior_confidence": 0.95, "prior_label_entropy": math.log(10), "box_fid": 5.0,
-             "box_confidence": 0.95, "box_label_entropy": math.log(10), "mid_same_fid": 5.0,
-             "mid_same_confidence": 0.95, "mid_diff_fid": 5.0, "mid_diff_confidence": 0.95, "mean_norm": 0.01,
-             "gaussian_kl": 0.01, "share_in_95": 0.95, "max_abs_skewness": 0.05, "max_radius": 3.5,
-             "white_spread_ratio": 1.1, "white_spread_cv": 0.05, "spread_ratio": 1.1, "spread_cv": 0.05,
-             "silhouette": 0.6}
-    poor = {"prior_fid": 80.0, "prior_confidence": 0.5, "prior_label_entropy": 1.0, "box_fid": 60.0,
-            "box_confidence": 0.6, "box_label_entropy": 1.2, "mid_same_fid": 50.0, "mid_same_confidence": 0.6,
-            "mid_diff_fid": 70.0, "mid_diff_confidence": 0.5, "mean_norm": 4.0, "gaussian_kl": 30.0,
-            "share_in_95": 0.2, "max_abs_skewness": 2.0, "max_radius": 40.0, "white_spread_ratio": 4.0,
-            "white_spread_cv": 0.5, "spread_ratio": 5.0, "spread_cv": 0.6, "silhouette": 0.1}
-    jitter = [-0.01, 0.0, 0.01]
-
-    def seeds(d):
-        return {k: [v * (1 + j) for j in jitter] for k, v in d.items()}
-
-    return {"AE": seeds(poor), "VAE": seeds(ideal)} if good else {"AE": seeds(ideal), "VAE": seeds(poor)}
-
-
-def test_judge_claims_flip_with_the_numbers():
-    context = {v: {"n_classes": 10, "n_codes": 2000, "latent_dim": 2} for v in ("AE", "VAE")}
-    good = judge_claims(CLAIMS, _values(True), context)
+def test_clear_differences_hold_reversed_ones_fail():
+    good = judge_claims(CLAIMS, {"AE": _seeded(POOR), "VAE": _seeded(IDEAL)}, CONTEXT)
     assert [c.verdict for c in good] == [HOLDS, HOLDS, HOLDS]
-    bad = judge_claims(CLAIMS, _values(False), context)
+    assert all(c.n == 3 and not c.reason for c in good)
+    assert all(r.outcome == HOLDS for c in good for r in c.rows)
+    bad = judge_claims(CLAIMS, {"AE": _seeded(IDEAL), "VAE": _seeded(POOR)}, CONTEXT)
     assert [c.verdict for c in bad] == [FAILS, FAILS, FAILS]
-    assert all(r["verdict"] == WORSE for c in bad for r in c.rows)
-    # One centre metric turned around: claim 2 no longer holds, the others are untouched.
-    mixed = _values(True)
-    mixed["VAE"]["gaussian_kl"] = [x * 1e5 for x in mixed["VAE"]["gaussian_kl"]]
-    verdicts = [c.verdict for c in judge_claims(CLAIMS, mixed, context)]
-    assert verdicts == [HOLDS, FAILS, HOLDS]
+    centre = bad[1].rows[0]  # share_in_95 of the VAE against 0.95: 0.2 is far off
+    assert centre.test.kind == "target" and centre.test.estimate == pytest.approx(-0.75) and centre.test.high < -0.02
 
 
-def test_claim_one_gives_the_baseline_its_better_sampler():
-    values = _values(True)
-    values["AE"]["box_fid"] = [4.0, 4.1, 4.2]  # the AE's box samples beat the VAE's prior samples
-    holes = judge_claims(CLAIMS, values)[0]
-    fid = next(r for r in holes.rows if r["metric"] == "prior_fid")
-    assert fid["baseline_metric"] == "box_fid" and fid["verdict"] == WORSE
-    assert holes.verdict == FAILS
-    values["AE"]["box_fid"] = [90.0, 91.0, 92.0]  # now the prior draws are the AE's better sampler
-    fid = next(r for r in judge_claims(CLAIMS, values)[0].rows if r["metric"] == "prior_fid")
-    assert fid["baseline_metric"] == "prior_fid" and fid["verdict"] == BETTER
+def test_no_clear_difference_is_inconclusive_never_a_refutation():
+    rng = np.random.default_rng(0)
+    noisy = {k: {s: v * (1 + 0.3 * rng.standard_normal()) for s in range(3)} for k, v in IDEAL.items()}
+    also = {k: {s: v * (1 + 0.3 * rng.standard_normal()) for s in range(3)} for k, v in IDEAL.items()}
+    claims = judge_claims(CLAIMS, {"AE": noisy, "VAE": also}, CONTEXT)
+    assert [c.verdict for c in claims] == [INCONCLUSIVE] * 3
 
 
-def test_single_seed_studies_are_not_judged():
-    values = {v: {k: x[:1] for k, x in d.items()} for v, d in _values(True).items()}
-    assert [c.verdict for c in judge_claims(CLAIMS, values)] == [NOT_JUDGED] * 3
+def test_the_verdict_is_the_primary_tests_secondaries_are_holm_corrected():
+    values = {"AE": _seeded(POOR), "VAE": _seeded(IDEAL)}
+    values["VAE"]["gaussian_kl"] = {s: 1e3 + s for s in range(3)}  # one secondary turned around
+    centre = judge_claims(CLAIMS, values, CONTEXT)[1]
+    assert centre.verdict == HOLDS and centre.secondary == {HOLDS: 4, FAILS: 1}
+    kl = next(r for r in centre.rows if r.spec.metric == "gaussian_kl")
+    assert kl.role == "secondary" and kl.outcome == FAILS
+    secondary = centre.rows[1:]
+    ps = sorted(r.test.p for r in secondary)
+    assert min(r.p_holm for r in secondary) == pytest.approx(min(1.0, len(secondary) * ps[0]))
+    assert all(r.p_holm >= r.test.p for r in secondary)
+    # Turning the primary around turns the verdict, whatever the secondaries say.
+    values["VAE"]["share_in_95"] = {s: 0.5 + 0.001 * s for s in range(3)}
+    assert judge_claims(CLAIMS, values, CONTEXT)[1].verdict == FAILS
+
+
+def test_seeds_are_paired_and_the_unpaired_ones_dropped():
+    values = {"AE": _seeded(POOR, seeds=(0, 1, 2, 3), jitter=(-0.002, 0, 0.002, 0.001)),
+              "VAE": _seeded(IDEAL, seeds=(1, 2, 3, 4), jitter=(-0.002, 0, 0.002, 0.001))}
+    holes = judge_claims(CLAIMS, values, CONTEXT)[0]
+    assert holes.verdict == HOLDS and holes.n == 3 and holes.rows[0].test.dropped == [0, 4]
+
+
+def test_fewer_seeds_than_the_claim_needs_is_not_judged_with_the_reason():
+    values = {"AE": _seeded(POOR, seeds=(0, 1), jitter=(-0.01, 0.01)),
+              "VAE": _seeded(IDEAL, seeds=(0, 1), jitter=(-0.01, 0.01))}
+    claims = judge_claims(CLAIMS, values, CONTEXT)
+    assert [c.verdict for c in claims] == [NOT_JUDGED] * 3
+    assert all(c.reason == f"rests on 2 seeds; needs at least {MIN_SEEDS}" for c in claims)
+    two = _study({"c": {**GOOD_CLAIM, "min_seeds": 2}}, PAIR).claim_specs()
+    assert judge_claims(two, values, CONTEXT)[0].verdict == HOLDS  # a claim may declare that 2 suffice
+
+
+def test_a_metric_a_variant_may_not_be_ranked_on_is_not_judged():
+    specs = _study({"lik": {"title": "t", "primary": "log_px_exact"}}, PAIR).claim_specs()
+    values = {"AE": {"log_px_exact": {0: -150.0, 1: -151.0, 2: -150.5}},
+              "VAE": {"log_px_exact": {0: -140.0, 1: -141.0, 2: -140.5}}}
+    met = {"AE": {"2-D codes", "N(0, I) prior"}, "VAE": {"2-D codes", "N(0, I) prior", "probabilistic guide"}}
+    claim = judge_claims(specs, values, {v: {**CONTEXT[v], "met": met[v]} for v in met})[0]
+    assert claim.verdict == NOT_JUDGED and "AE's log p(x) exact is not comparable" in claim.reason
+    assert "N(0, I) prior a delta guide never trained" in claim.reason
+    met["AE"].add("probabilistic guide")  # the same numbers from two Gaussian guides are judged
+    assert judge_claims(specs, values, {v: {**CONTEXT[v], "met": met[v]} for v in met})[0].verdict == HOLDS
+
+
+def test_each_variant_is_judged_against_its_own_target():
+    # A 10-D candidate's largest code norm among 2,000 N(0, I) draws sits near 5.69, not the 2-D 3.99.
+    target_10d = expected_max_radius(2000, 10)
+    assert target_10d == pytest.approx(5.69, abs=0.01) and expected_max_radius(2000, 2) == pytest.approx(3.99, abs=0.01)
+    specs = _study({"r": {"title": "t", "candidate": "VAE",
+                          "primary": {"metric": "max_radius", "against": "target", "tolerance": 0.2}}}).claim_specs()
+    values = {"VAE": {"max_radius": {0: 5.70, 1: 5.68, 2: 5.69}}}
+    context = {"VAE": {"n_classes": 10, "n_codes": 2000, "latent_dim": 10}}
+    claim = judge_claims(specs, values, context)[0]
+    assert claim.verdict == HOLDS and claim.rows[0].target == pytest.approx(target_10d)
+    assert judge_claims(specs, values, {"VAE": {**context["VAE"], "latent_dim": 2}})[0].verdict == FAILS
 
 
 def test_max_radius_target_is_the_median_largest_norm():
-    import numpy as np
-
     rng = np.random.default_rng(0)
     maxima = [np.linalg.norm(rng.standard_normal((2000, 2)), axis=1).max() for _ in range(400)]
     assert expected_max_radius(2000, 2) == pytest.approx(np.median(maxima), rel=0.03)

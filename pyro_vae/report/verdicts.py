@@ -1,0 +1,95 @@
+"""The claims of a study as report blocks: the verdicts at a glance, and a section per pair of variants.
+
+Every number a verdict rests on is in its table: the estimate, its 95% interval, the p-value (Holm-
+adjusted for secondary tests), the seeds, and the seeds dropped for lack of a partner.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import groupby
+
+from pyro_vae.evaluation.metrics import metric
+from pyro_vae.report.document import Block, Bullets, Cell, Heading, Inline, Paragraph, Table
+from pyro_vae.report.tables import DASH, fmt_pm, fmt_signed
+from pyro_vae.study.claims import CLAIM_RULE, Claim, Row
+from pyro_vae.study.statistics import FAILS, HOLDS, NOT_JUDGED
+
+__all__ = ["glance_blocks", "claim_blocks", "fmt_p", "primary_text"]
+
+
+def fmt_p(p: float) -> str:
+    if not isinstance(p, (int, float)) or math.isnan(p):
+        return DASH
+    return "< 0.001" if p < 1e-3 else f"{p:.3f}"
+
+
+def _interval(row: Row) -> str:
+    t = row.test
+    if math.isnan(t.low):
+        return DASH
+    return f"[{fmt_signed(t.low)}, {fmt_signed(t.high)}]"
+
+
+def _against(row: Row, claim: Claim) -> str:
+    if row.spec.against == "target":
+        return f"target {row.target:.4g} ± {row.spec.tolerance:g}"
+    return f"{claim.baseline}, paired by seed"
+
+
+def primary_text(claim: Claim) -> str:
+    """The primary test in one sentence: what was tested, the estimate, interval, p and seeds."""
+    row = claim.rows[0]
+    t = row.test
+    what = (f"{metric(row.spec.metric).label} of {claim.candidate} against "
+            + (f"its target {row.target:.4g} ± {row.spec.tolerance:g} (mean − target)"
+               if row.spec.against == "target" else f"{claim.baseline} (improvement, paired by seed)"))
+    if claim.verdict == NOT_JUDGED:
+        return f"primary test {what}: not judged, {claim.reason}"
+    seeds = f"{t.n} seed{'s' * (t.n != 1)}"
+    dropped = f"; seed(s) {', '.join(map(str, t.dropped))} present on one side only, dropped" if t.dropped else ""
+    return f"primary test {what}: {fmt_signed(t.estimate)}, 95% interval {_interval(row)}, p {fmt_p(t.p)}, {seeds}{dropped}"
+
+
+def glance_blocks(claims: list[Claim]) -> list[Block]:
+    items: list[Inline] = []
+    for i, c in enumerate(claims, 1):
+        rests = f"{c.n} seed{'s' * (c.n != 1)}" if c.verdict != NOT_JUDGED else c.reason
+        items.append([f"Claim {i} ({c.title}): ", ("b", c.verdict), f" ({rests})."])
+    return [Heading(2, "Verdicts at a glance"), Bullets(items)]
+
+
+def claim_blocks(claims: list[Claim]) -> list[Block]:
+    """A section per pair of variants compared (claims of one pair in a row), claims numbered throughout."""
+    blocks: list[Block] = []
+    numbered = list(enumerate(claims, 1))
+    for (baseline, candidate), group in groupby(numbered, key=lambda ic: (ic[1].baseline, ic[1].candidate)):
+        against = f" against {baseline} (baseline)" if baseline else " against targets"
+        blocks += [Heading(2, f"Claims: {candidate} (candidate){against}"), Paragraph(CLAIM_RULE, "note")]
+        blocks += [b for i, claim in group for b in _claim(i, claim)]
+    return blocks
+
+
+def _claim(i: int, claim: Claim) -> list[Block]:
+    rows = []
+    for r in claim.rows:
+        t = r.test
+        rows.append([r.role, metric(r.spec.metric).label, _against(r, claim),
+                     fmt_pm(r.baseline) if r.baseline is not None else DASH, fmt_pm(r.candidate),
+                     fmt_signed(t.estimate), _interval(r), fmt_p(t.p), fmt_p(r.p_holm), str(t.n),
+                     Cell(r.outcome + (f" ({t.reason})" if t.reason else ""), r.outcome in (HOLDS, FAILS))])
+    secondary = ", ".join(f"{n} {o}" for o, n in claim.secondary.items())
+    verdict: Inline = [("b", f"Verdict: {claim.verdict}"), f" — {primary_text(claim)}."]
+    if secondary:
+        verdict.append(f" Secondary tests, Holm-corrected: {secondary}.")
+    return [
+        Heading(3, f"Claim {i}. {claim.title}"),
+        Paragraph(verdict, "verdict"),
+        Paragraph(claim.explanation),
+        Table(["test", "metric", "against", f"{claim.baseline or 'baseline'} (mean ± sd)",
+               f"{claim.candidate} (mean ± sd)", "estimate", "95% interval", "p", "p (Holm)", "seeds", "outcome"],
+              rows, numeric=(3, 4, 5, 6, 7, 8, 9),
+              caption="estimate: for a comparison, the mean over paired seeds of how much closer to ideal the candidate "
+                      "is than the baseline (in the metric's units, for a target in distance to it; positive favours "
+                      "the candidate); for a target test, the candidate's mean minus the target"),
+    ]
