@@ -154,14 +154,14 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _execution_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=1, help="runs trained at once in local worker processes (default 1: "
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once in local worker processes, e.g. 2 (default: 1, "
                    "one after another in this process)")
-    p.add_argument("--threads", type=int, help="torch threads per run (default: the cores shared out among the workers)")
+    p.add_argument("--threads", type=int, help="torch threads per run, e.g. 1 (default: the cores shared out among the workers)")
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS", help="run each variant x seed as a task on the Ray "
-                   "cluster at ADDRESS (alone or 'auto': $RAY_ADDRESS, a running `ray start`, else a local one); "
-                   'needs pip install "pyro-vae[ray]"')
-    p.add_argument("--cpus-per-run", type=float, help="CPUs one run asks of Ray (default: the study's [resources] cpus, else 1)")
-    p.add_argument("--gpus-per-run", type=float, help="GPUs (or a share of one) one run asks of Ray (default: [resources] gpus, else 0)")
+                   "cluster at ADDRESS, e.g. 10.0.0.5:6379 (alone or 'auto': $RAY_ADDRESS, a running `ray start`, else a "
+                   'local one; default: no Ray); needs pip install "pyro-vae[ray]"')
+    p.add_argument("--cpus-per-run", type=float, help="CPUs one run asks of Ray, e.g. 2 (default: the study's [resources] cpus, else 1)")
+    p.add_argument("--gpus-per-run", type=float, help="GPUs (or a share of one) one run asks of Ray, e.g. 0.5 (default: [resources] gpus, else 0)")
 
 
 def _execution(args: argparse.Namespace):

@@ -150,8 +150,17 @@ def test_study_item_measures_the_child_process(tmp_path):
     assert result["wall_seconds"] > 0 and result["cpu_seconds"] > 0 and not result["timed_out"]
     assert 50 * 2**20 < result["peak_rss_bytes"] < TARGET_STUDY_BYTES and result["met_memory"]
     assert (tmp_path / "runs" / "VAE" / "seed-0" / "checkpoint.pt").exists()
-    rows = table_rows({"study": result})
-    assert [r["item"] for r in rows] == ["study: wall time", "study: peak memory (max RSS)"]
+    modes = {mode: {**result, "wall_seconds": wall} for mode, wall in (("workers 1", 300.0), ("workers 2", 180.0), ("ray", 189.0))}
+    summary = summarise_modes(modes, runs=9)
+    assert summary["speedup_workers_2"] == pytest.approx(300 / 180)
+    assert summary["ray_overhead_per_run"] == pytest.approx(2 * 9 / 9)  # (189 - 180) s over 9 runs in 2 slots
+    # 300 runs on 10 two-core workers: 15 waves of (40 s per run + 2 s overhead); on 100: 2 waves.
+    assert summary["projection"] == {10: pytest.approx(15 * 42.0), 100: pytest.approx(2 * 42.0)}
+    rows = table_rows({"study": summary})
+    assert [r["item"] for r in rows] == ["study --workers 1: wall time", "study --workers 2: wall time", "study --ray: wall time",
+                                         "study: peak memory (max RSS)", "study: --workers 2 speed-up", "study: Ray overhead per run",
+                                         "study: 300 runs on 10 two-core workers", "study: 300 runs on 100 two-core workers"]
+    assert rows[4]["ratio"] == "1.67x" and rows[5]["median"] == "2 s"
 
 
 @pytest.mark.slow
@@ -205,14 +214,3 @@ def test_the_twin_trains_beside_the_project_and_lands_near_it(tmp_path, capsys):
 def test_twin_options_are_checked():
     assert main(["bench", "--twin", "--twin-seeds", "x"]) == 2
     assert main(["bench", "--twin", "--twin-datasets", "cifar", "--variants", "", "--no-eval"]) == 2
-    modes = {mode: {**result, "wall_seconds": wall} for mode, wall in (("workers 1", 300.0), ("workers 2", 180.0), ("ray", 189.0))}
-    summary = summarise_modes(modes, runs=9)
-    assert summary["speedup_workers_2"] == pytest.approx(300 / 180)
-    assert summary["ray_overhead_per_run"] == pytest.approx(2 * 9 / 9)  # (189 - 180) s over 9 runs in 2 slots
-    # 300 runs on 10 two-core workers: 15 waves of (40 s per run + 2 s overhead); on 100: 2 waves.
-    assert summary["projection"] == {10: pytest.approx(15 * 42.0), 100: pytest.approx(2 * 42.0)}
-    rows = table_rows({"study": summary})
-    assert [r["item"] for r in rows] == ["study --workers 1: wall time", "study --workers 2: wall time", "study --ray: wall time",
-                                         "study: peak memory (max RSS)", "study: --workers 2 speed-up", "study: Ray overhead per run",
-                                         "study: 300 runs on 10 two-core workers", "study: 300 runs on 100 two-core workers"]
-    assert rows[4]["ratio"] == "1.67x" and rows[5]["median"] == "2 s"
