@@ -158,23 +158,30 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _study_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", help="study TOML file (see studies/)")
-    p.add_argument("--out", required=True, help="folder for the study's run folders")
-    p.add_argument("--report", help="report folder (default: RUNS_DIR/report)")
+    p.add_argument("study", help="study TOML file, e.g. studies/ae_vs_vae.toml")
+    p.add_argument("--out", required=True, metavar="RUNS_DIR", help="folder for the study's run folders, e.g. runs/ae_vs_vae")
+    p.add_argument("--report", metavar="DIR", help="report folder, e.g. reports/ae_vs_vae (default: RUNS_DIR/report)")
+    p.add_argument("--epochs", type=int, metavar="N", help="train every run for N epochs, e.g. 5 for a first look (default: the file's)")
+    p.add_argument("--seeds", metavar="LIST", help="seeds to run, comma-separated, e.g. 0 or 0,1 (default: the file's)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding <Name>/raw/*-ubyte[.gz], e.g. ~/data "
+                                                      "(default: $PYRO_VAE_DATA, the cache, a download, the MNIST sample)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a [base] setting, e.g. --set lr=3e-4 or --set train_limit=2000 (repeatable; "
+                        "the value is read as TOML; default: none)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files into each run's tensorboard/ folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _execution_arguments(p)
 
 
 def _execution_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=1, help="runs trained at once in local worker processes (default 1: "
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once in local worker processes, e.g. 2 (default: 1, "
                    "one after another in this process)")
-    p.add_argument("--threads", type=int, help="torch threads per run (default: the cores shared out among the workers)")
+    p.add_argument("--threads", type=int, help="torch threads per run, e.g. 1 (default: the cores shared out among the workers)")
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS", help="run each variant x seed as a task on the Ray "
-                   "cluster at ADDRESS (alone or 'auto': $RAY_ADDRESS, a running `ray start`, else a local one); "
-                   'needs pip install "pyro-vae[ray]"')
-    p.add_argument("--cpus-per-run", type=float, help="CPUs one run asks of Ray (default: the study's [resources] cpus, else 1)")
-    p.add_argument("--gpus-per-run", type=float, help="GPUs (or a share of one) one run asks of Ray (default: [resources] gpus, else 0)")
+                   "cluster at ADDRESS, e.g. 10.0.0.5:6379 (alone or 'auto': $RAY_ADDRESS, a running `ray start`, else a "
+                   'local one; default: no Ray); needs pip install "pyro-vae[ray]"')
+    p.add_argument("--cpus-per-run", type=float, help="CPUs one run asks of Ray, e.g. 2 (default: the study's [resources] cpus, else 1)")
+    p.add_argument("--gpus-per-run", type=float, help="GPUs (or a share of one) one run asks of Ray, e.g. 0.5 (default: [resources] gpus, else 0)")
 
 
 def _execution(args: argparse.Namespace):
@@ -190,9 +197,13 @@ def _execution(args: argparse.Namespace):
 @command("study", "train, evaluate and report every variant x seed of a study", _study_arguments)
 def _study(args: argparse.Namespace) -> int:
     from pyro_vae.report.build import build_report
+    from pyro_vae.study.overrides import parse_seeds, with_overrides
     from pyro_vae.study.runner import Study, run_study
 
-    study = Study.load(args.study)
+    settings = _parse_options(args.settings, "--set")
+    settings.update({key: value for key, value in (("epochs", args.epochs), ("data_dir", args.data_dir)) if value is not None})
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    study = with_overrides(Study.load(args.study), args.study, settings, seeds)
     study.plugins = [r["plugin"] for r in args.plugin_records] + study.plugins  # runs record both
     study.tensorboard = study.tensorboard or args.tensorboard
     if study.tensorboard:
@@ -205,23 +216,36 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder a study wrote its runs into")
-    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("runs", nargs="+", metavar="RUNS_DIR | RUN_DIR",
+                   help="the folder a study wrote its runs into (e.g. runs/ae_vs_vae), or run folders to compare side "
+                        "by side (e.g. runs/ae runs/vae; each is named after its folder)")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder, e.g. runs/ae_vs_vae/report")
 
 
-@command("report", "rebuild a study's report from its run folders (no retraining)", _report_arguments)
+@command("report", "build a report from finished runs: a study's (unfinished ones listed) or any run folders "
+                   "side by side (no retraining)", _report_arguments)
 def _report(args: argparse.Namespace) -> int:
-    from pyro_vae.report.build import build_report
+    from pathlib import Path
 
-    print(build_report(args.runs_dir, args.out))
+    from pyro_vae.report.build import build_report, build_runs_report
+    from pyro_vae.study.spec import STUDY_FILE
+
+    if len(args.runs) == 1 and (Path(args.runs[0]) / STUDY_FILE).exists():
+        print(build_report(args.runs[0], args.out))
+    elif len(args.runs) == 1 and not Path(args.runs[0]).is_dir():
+        raise UserError(f"{args.runs[0]} does not exist; give a study's RUNS_DIR or run folders")
+    else:
+        print(build_runs_report(args.runs, args.out))
     return 0
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run folder")
-    p.add_argument("--num-samples", type=int, default=1000, help="importance samples per image (K)")
-    p.add_argument("--likelihood-images", type=int, help="estimate log p(x) on the first N test images only")
-    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's random draws")
+    p.add_argument("--num-samples", type=int, default=1000, help="importance samples per image (K), e.g. 100 for a quick look (default: 1000)")
+    p.add_argument("--likelihood-images", type=int, metavar="N",
+                   help="estimate log p(x) on the first N test images only, e.g. 500 (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's random draws, e.g. 1 (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the whole evaluation as JSON instead of the summary")
 
 
 @command("evaluate", "evaluate a run: ELBO, log p(x), latent metrics, sample quality -> evaluation.json", _evaluate_arguments)
@@ -232,8 +256,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.likelihood_images is not None and args.likelihood_images < 1:
+        raise UserError(f"--likelihood-images must be at least 1 (or left out for all test images), got {args.likelihood_images}")
     result = evaluate_run(args.run_dir, EvalSettings(num_samples=args.num_samples, likelihood_images=args.likelihood_images, seed=args.seed))
-    print(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from pathlib import Path
+
+    from pyro_vae.evaluation.metrics import headline_summary
+    from pyro_vae.training.runs import EVALUATION
+
+    print(f"{args.run_dir}: {result['epochs_trained']} epoch(s) trained; every metric in {Path(args.run_dir) / EVALUATION}")
+    print("\n".join(headline_summary(result)))
     return 0
 
 

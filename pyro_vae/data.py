@@ -190,6 +190,22 @@ def _download(spec: DatasetSpec, root: Path) -> None:
     getattr(tvd, spec.torchvision_class)(root=str(root), train=False, download=True)
 
 
+# A download that failed once in this process is not tried again: offline, each try costs seconds
+# (name resolution for every mirror), and a study loads its data once per run.
+_FAILED_DOWNLOADS: dict[tuple[str, Callable], str] = {}
+
+
+def download_failure_reason(error: Exception) -> str:
+    """One line saying why a download failed. torchvision puts the reason on later lines
+    ("Error downloading X:", "Tried MIRROR, got:", "<urlopen error ...>"), so they are joined."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    later = (line.partition("got:")[2].strip() if line.startswith("Tried ") else line for line in lines[1:])
+    reasons = list(dict.fromkeys(line for line in later if line))
+    return " ".join([lines[0]] + reasons)
+
+
 def locate(
     dataset: str,
     data_dir: str | os.PathLike | None = None,
@@ -218,12 +234,17 @@ def locate(
     raw = cache_root / spec.folder / "raw"
     if _available_splits(raw):
         return raw, "cache"
+    reason = _FAILED_DOWNLOADS.get((dataset, download))
+    said = reason is not None
     try:
-        download(spec, cache_root)
+        if reason is None:
+            download(spec, cache_root)
     except Exception as e:  # torchvision raises RuntimeError/URLError/OSError offline
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = _FAILED_DOWNLOADS[dataset, download] = download_failure_reason(e)
+    if reason is not None:
         if dataset == "mnist":
-            notify(f"download of {dataset} failed ({reason}); {EMBEDDED_NOTE}")
+            if not said:  # once per process: a study loads the data once per run
+                notify(f"download of {dataset} failed ({reason}); {EMBEDDED_NOTE}")
             return EMBEDDED_ROOT / "MNIST" / "raw", "embedded"
         raise DataError(
             f"{dataset} not found in {raw} and the download failed ({reason}); "

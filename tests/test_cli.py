@@ -42,6 +42,20 @@ def test_bad_settings_get_one_line_errors(capsys, tmp_path, argv, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_what_needs_no_data_is_checked_before_the_data(capsys, tmp_path, monkeypatch):
+    """With PYRO_VAE_DATA pointing at an empty folder, loading data would fail: these errors must come first."""
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "empty"))
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "run"), "--prior", "vamp", "--guide", "delta")
+    assert code == 2 and "prior 'vamp'" in err and "guide 'delta'" in err and not (tmp_path / "run").exists()
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "used"))
+    assert code == 2 and "is not empty; pass --force" in err
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "used"), "--force")
+    assert code == 2 and "not part of a run (notes.txt)" in err
+    assert (tmp_path / "used" / "notes.txt").read_text() == "mine"
+
+
 def test_missing_out_and_bad_config_files(capsys, tmp_path):
     assert run_cli(capsys, "train", *SMALL)[2].startswith("pyro-vae: error: --out RUN_DIR is required")
     code, _, err = run_cli(capsys, "train", "--config", str(tmp_path / "none.toml"), "--out", str(tmp_path / "r"))
@@ -91,6 +105,30 @@ def test_console_script_and_torchvision_import():
     assert done.returncode == 2 and "Traceback" not in done.stderr and "unknown guide 'nope'" in done.stderr
 
 
+@pytest.mark.slow
+def test_progress_in_a_pipe_is_one_plain_line_per_epoch(tmp_path):
+    done = subprocess.run(["pyro-vae", "train", "--out", str(tmp_path / "run"), "--epochs", "2", "--train-limit", "500",
+                           "--test-limit", "200"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "batch/s" not in done.stderr
+    assert [line.split(":")[0] for line in done.stderr.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_evaluate_prints_a_short_summary_and_writes_the_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--out", str(run), "--epochs", "1", *SMALL)[0] == 0
+    settings = ["--num-samples", "5", "--likelihood-images", "50"]
+    code, out, err = run_cli(capsys, "evaluate", str(run), *settings)
+    assert code == 0, err
+    saved = json.loads((run / "evaluation.json").read_text())["metrics"]
+    lines = out.splitlines()
+    assert 3 <= len(lines) <= 6 and str(run / "evaluation.json") in lines[0]
+    assert "(nats / image): " in out and f"test ELBO {saved['test_elbo']:.4g}," in out and f"log p(x) exact {saved['log_px_exact']:.4g}" in out
+    assert f"Gaussian KL to N(0,I) {saved['gaussian_kl']:.4g}" in out and "prior FID" in out
+    code, out, _ = run_cli(capsys, "evaluate", str(run), "--json", *settings)
+    assert code == 0 and json.loads(out)["recon_bce"] == pytest.approx(saved["recon_bce"])
+
+
 def test_every_train_config_field_has_a_flag_with_help_and_its_default():
     import dataclasses
 
@@ -129,6 +167,51 @@ def _all_flags() -> set[str]:
     return flags
 
 
+def _command_flags() -> dict[str, set[str]]:
+    from pyro_vae.cli import parser
+
+    top = parser()
+    return {name: {s for a in sub._actions for s in a.option_strings}
+            for name, sub in top._subparsers._group_actions[0].choices.items()}
+
+
+# Modules whose every message speaks to one command's user.
+_MODULE_COMMAND = {"study/overrides.py": "study", "bench/options.py": "bench", "bench/run.py": "bench"}
+
+
+def test_a_command_s_messages_name_only_its_own_flags():
+    """Messages written for one command (inside its `@command` function in cli.py, or in a module only
+    that command uses) name only flags that command has: `study` must not send a user to --resume."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import pyro_vae
+
+    flags, root = _command_flags(), Path(pyro_vae.__file__).parent
+    checked = 0
+
+    def check(tree, command: str, where: str):
+        nonlocal checked
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", node.value):
+                    checked += 1
+                    assert flag in flags[command], f"{where}:{node.lineno} names {flag}, which `pyro-vae {command}` lacks"
+
+    for node in ast.parse((root / "cli.py").read_text()).body:
+        if isinstance(node, ast.FunctionDef):
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and getattr(deco.func, "id", "") == "command":
+                    check(node, deco.args[0].value, "cli.py")
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        owner = next((c for prefix, c in _MODULE_COMMAND.items() if rel.startswith(prefix)), None)
+        if owner:
+            check(ast.parse(path.read_text()), owner, rel)
+    assert checked > 10, "the scan found too few flags to mean anything"
+
+
 def test_every_flag_a_message_names_exists():
     """Every `--flag` written in the package's strings (error messages, notes, help) is a flag some
     command has, so no message sends a user to a flag that does not exist."""
@@ -148,3 +231,35 @@ def test_every_flag_a_message_names_exists():
     assert named, "the scan found no flags at all"
     missing = {flag: where for flag, where in named.items() if flag not in flags}
     assert not missing, f"messages name flags no command has: {missing}"
+
+
+@pytest.mark.parametrize("name", ["study", "report", "evaluate", "bench"])
+def test_help_gives_each_option_an_example_and_its_default(name):
+    from pyro_vae.cli import parser
+
+    sub = parser()._subparsers._group_actions[0].choices[name]
+    shown = " ".join(sub.format_help().split())
+    for action in sub._actions:
+        if not action.option_strings or action.nargs == 0:  # positionals are named in the usage; switches have no value
+            continue
+        text = " ".join((action.help or "").split())
+        assert "e.g. " in text, f"{name} {action.option_strings[0]}: no example in {text!r}"
+        assert action.required or "default" in text, f"{name} {action.option_strings[0]}: no default in {text!r}"
+        assert text.split("(default")[0].strip() in shown
+
+
+def test_study_overrides_are_checked_like_the_file(capsys, tmp_path):
+    study = "studies/ae_vs_vae.toml"
+    for argv, message in [
+        (["--set", "lrr=3"], "unknown setting 'lrr' in --set"),
+        (["--set", "lr=-1"], "lr must be positive"),
+        (["--set", "guide=delta"], "variant AE of studies/ae_vs_vae.toml sets guide itself"),
+        (["--set", "seed=3"], "use --seeds 0,1"),
+        (["--seeds", "0,x"], "--seeds takes whole numbers"),
+        (["--seeds", "1,1"], "distinct whole numbers"),
+        (["--epochs", "0"], "at least 1 epoch"),
+        (["--set", "prior=vamp", "--set", "latent_dim=3"], "guide 'delta' has none"),
+    ]:
+        code, _, err = run_cli(capsys, "study", study, "--out", str(tmp_path / "runs"), *argv)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+        assert not (tmp_path / "runs").exists(), argv

@@ -142,6 +142,7 @@ def test_offline_download_falls_back_to_the_embedded_mnist(monkeypatch, tmp_path
         return
     assert origin == "embedded" and raw == data.EMBEDDED_ROOT / "MNIST" / "raw"
     assert notes and "download of mnist failed" in notes[0] and "shipped with pyro-vae" in notes[0]
+    assert ".gz:)" not in notes[0]  # the reason, which torchvision puts on a later line, is given
     d = data.load("mnist", notify=notes.append)
     assert d.provenance["origin"] == "embedded" and "shipped" in d.provenance["note"]
     assert len(d.train_x) == 8000
@@ -154,8 +155,16 @@ def test_offline_download_of_fashion_mnist_is_a_clear_error(monkeypatch, tmp_pat
     def offline(spec, root):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://..., got: no network")
 
-    with pytest.raises(DataError, match="download failed .*PYRO_VAE_DATA"):
+    with pytest.raises(DataError, match=r"download failed \(Error downloading .*: no network\); .*PYRO_VAE_DATA"):
         data.locate("fashion-mnist", download=offline)
+
+
+def test_download_failure_reason_reads_torchvision_later_lines():
+    message = ("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n<urlopen error [Errno -2] Name or "
+               "service not known>\nTried http://b/, got:\n<urlopen error [Errno -2] Name or service not known>\n")
+    assert data.download_failure_reason(RuntimeError(message)) == (
+        "Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno -2] Name or service not known>")
+    assert data.download_failure_reason(RuntimeError("")) == "RuntimeError"
 
 
 def test_download_fills_the_cache(monkeypatch, tmp_path, data_root):

@@ -56,39 +56,42 @@ def _option(default, help: str, quick=None, **argparse_kwargs):
 
 @dataclass
 class Options:
-    device: str | None = _option(None, "where to run (default: cuda when torch sees a GPU, else cpu)", choices=["cpu", "cuda"])
-    threads: int | None = _option(None, "torch CPU threads (default: torch's own choice)", type=int)
-    dataset: str = _option("fashion-mnist", "dataset for the training and evaluation items (default fashion-mnist)")
-    data_dir: str | None = _option(None, "folder holding <Name>/raw/*-ubyte[.gz] (else $PYRO_VAE_DATA, the cache)")
-    train_images: int | None = _option(None, "training images per epoch (default: all, 60000 for fashion-mnist)", quick=2000, type=int)
-    conv_images: int | None = _option(None, "training images per epoch for the conv network (default: 6000 on cpu, all on cuda)",
+    device: str | None = _option(None, "where to run, e.g. cpu (default: cuda when torch sees a GPU, else cpu)", choices=["cpu", "cuda"])
+    threads: int | None = _option(None, "torch CPU threads, e.g. 1 (default: torch's own choice)", type=int)
+    dataset: str = _option("fashion-mnist", "dataset for the training and evaluation items, e.g. mnist (default: fashion-mnist)")
+    data_dir: str | None = _option(None, "folder holding <Name>/raw/*-ubyte[.gz], e.g. ~/data (default: $PYRO_VAE_DATA, the cache)")
+    train_images: int | None = _option(None, "training images per epoch, e.g. 10000 (default: all, 60000 for fashion-mnist; --quick 2000)", quick=2000, type=int)
+    conv_images: int | None = _option(None, "training images per epoch for the conv network, e.g. 1000 "
+                                      "(default: 6000 on cpu, all on cuda; --quick 256)",
                                       quick=256, type=int)
-    batch_size: int = _option(128, "images per step (default 128)", type=int)
-    epochs: int = _option(1, "epochs per timed repeat (default 1)", type=int)
-    repeats: int = _option(3, "timed repeats of each measurement; medians and spread over them (default 3, --quick 2)", quick=2, type=int)
-    variants: list[str] = _option(DEFAULT_VARIANTS, f"training variants to time, comma-separated, '' for none "
-                                  f"(default {','.join(DEFAULT_VARIANTS)})", type=_names)
-    eval_images: int = _option(10000, "test images for the log-likelihood item (default 10000, --quick 200)", quick=200, type=int)
-    num_samples: int = _option(1000, "importance samples per image K (default 1000, --quick 100)", quick=100, type=int)
-    eval_repeats: int = _option(1, "repeats of the importance-sampling timing (default 1; the grid uses --repeats)", type=int)
+    batch_size: int = _option(128, "images per step, e.g. 256 (default: 128)", type=int)
+    epochs: int = _option(1, "epochs per timed repeat, e.g. 2 (default: 1)", type=int)
+    repeats: int = _option(3, "timed repeats of each measurement; medians and spread over them, e.g. 5 (default: 3, --quick 2)", quick=2, type=int)
+    variants: list[str] = _option(DEFAULT_VARIANTS, f"training variants to time, comma-separated, '' for none, e.g. vae,ae "
+                                  f"(default: {','.join(DEFAULT_VARIANTS)})", type=_names)
+    eval_images: int = _option(10000, "test images for the log-likelihood item, e.g. 1000 (default: 10000, --quick 200)", quick=200, type=int)
+    num_samples: int = _option(1000, "importance samples per image K, e.g. 100 (default: 1000, --quick 100)", quick=100, type=int)
+    eval_repeats: int = _option(1, "repeats of the importance-sampling timing, e.g. 3 (default: 1; the grid uses --repeats)", type=int)
     # Flag --run, but not dest "run": the CLI keeps each command's action in args.run.
-    run_dir: str | None = _option(None, "evaluate this trained 2-D run instead of the VAE trained by the bench",
+    run_dir: str | None = _option(None, "evaluate this trained 2-D run instead of the VAE trained by the bench, e.g. runs/vae "
+                                  "(default: none)",
                                   flag="--run", metavar="RUN_DIR")
     eval: bool = _option(True, "skip the evaluation item", flag="--no-eval", action="store_false")
-    study: str | None = _option(None, "also time a whole study (default file studies/ae_vs_vae.toml; takes minutes)",
+    study: str | None = _option(None, "also time a whole study (takes minutes), e.g. studies/prior_swap.toml "
+                                "(default: none; the flag alone: studies/ae_vs_vae.toml)",
                                 nargs="?", const="studies/ae_vs_vae.toml", metavar="STUDY_TOML")
-    study_out: str | None = _option(None, "folder for the study's runs (default: a temporary folder, removed afterwards)")
-    study_timeout: float = _option(2 * TARGET_STUDY_SECONDS, "stop the study after this many seconds (default 1800)", type=float)
+    study_out: str | None = _option(None, "folder for the study's runs, e.g. runs/bench-study (default: a temporary folder, removed afterwards)")
+    study_timeout: float = _option(2 * TARGET_STUDY_SECONDS, "stop the study after this many seconds, e.g. 600 (default: 1800)", type=float)
     twin: bool = _option(False, "train the default VAE and its plain-PyTorch twin to the end, side by side, and compare "
                          "their final test ELBOs (takes long: --twin-epochs per dataset and seed)", action="store_true")
-    twin_epochs: int = _option(100, "epochs of the --twin runs (default 100, the default study's)", type=int)
-    twin_seeds: list[int] = _option([0, 1, 2], "seeds of the --twin runs, comma-separated (default 0,1,2)", type=_ints)
-    twin_datasets: list[str] = _option(["mnist", "fashion-mnist"], "datasets of the --twin runs (default mnist,fashion-mnist)",
-                                       type=_names)
+    twin_epochs: int = _option(100, "epochs of the --twin runs, e.g. 20 (default: 100, the default study's)", type=int)
+    twin_seeds: list[int] = _option([0, 1, 2], "seeds of the --twin runs, comma-separated, e.g. 0,1 (default: 0,1,2)", type=_ints)
+    twin_datasets: list[str] = _option(["mnist", "fashion-mnist"], "datasets of the --twin runs, e.g. mnist "
+                                       "(default: mnist,fashion-mnist)", type=_names)
     peers: bool = _option(False, "also time Pyro's VAE example loop and pythae's trainer (when installed) on the same "
                           "data and network, and compare test ELBOs", action="store_true")
     quick: bool = _option(False, "small sizes for a smoke test: 2000 images, 2 repeats, 200 test images, K=100", action="store_true")
-    json: str | None = _option(None, "also write every number as JSON to FILE", metavar="FILE")
+    json: str | None = _option(None, "also write every number as JSON to FILE, e.g. bench.json (default: none)", metavar="FILE")
     quiet: bool = _option(False, "no progress lines on stderr", action="store_true")
 
     @classmethod

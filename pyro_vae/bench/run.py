@@ -45,6 +45,7 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
     import torch
 
     from pyro_vae.bench.likelihood import bench_eval, eval_model
+    from pyro_vae.bench.startup import bench_startup
     from pyro_vae.bench.study import bench_study_modes
     from pyro_vae.bench.tables import table_rows
     from pyro_vae.bench.throughput import bench_training, train_config
@@ -54,9 +55,10 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
         log = (lambda m: None) if opts.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    report: dict = {"meta": _meta(opts), "train": {}, "batching": None, "peers": None, "twin": None, "eval": None,
-                    "study": None}
+    report: dict = {"meta": _meta(opts), "startup": None, "train": {}, "batching": None, "peers": None, "twin": None,
+                    "eval": None, "study": None}
     started = time.perf_counter()
+    report["startup"] = bench_startup(opts.repeats, log)
     trainer = None
     if opts.variants or opts.peers or (opts.eval and not opts.run_dir):
         cfg = train_config(opts, VARIANTS["vae"], opts.train_images)

@@ -6,6 +6,7 @@ import math
 
 from pyro_vae.bench.targets import (
     TARGET_BATCHING_SHARE,
+    TARGET_HELP_SECONDS,
     TARGET_IS_OVER_FLOOR,
     TARGET_IS_OVER_GRID,
     TARGET_STUDY_BYTES,
@@ -36,6 +37,10 @@ def table_rows(report: dict) -> list[dict]:
     def row(item, median="-", spread="-", ratio="-", target="-", met=None, note=""):
         rows.append({"item": item, "median": median, "spread": spread, "ratio": ratio, "target": target, "met": _yes(met), "note": note})
 
+    startup = report.get("startup")
+    for name, r in (startup or {}).get("items", {}).items():
+        row(f"startup: {name}", _fmt_s(r["median"]), _spread(r), "", f"<= {TARGET_HELP_SECONDS:g} s", r["met"],
+            f"a fresh process ({startup['program']}), exit {'/'.join(map(str, r['exit_codes']))}")
     for name, r in report.get("train", {}).items():
         p, q = r["project"], r["reference"]
         row(f"train {name}: project epoch", _fmt_s(p["median"]), _spread(p), "", "", None,

@@ -16,7 +16,8 @@ from typing import Callable
 from scipy.stats import chi2
 
 __all__ = ["Metric", "METRICS", "GROUPS", "SAMPLERS", "REFERENCE_SAMPLERS", "QUALITIES", "metric", "direction",
-           "expected_max_radius", "sample_key", "flat_metrics", "expected_keys", "requirements_met", "ranked"]
+           "expected_max_radius", "sample_key", "flat_metrics", "expected_keys", "requirements_met", "ranked",
+           "headline_summary"]
 
 NATS = "nats / image"
 LIKELIHOOD, CENTRE, SPREAD, HOLES, QUALITY, BOOKKEEPING = (
@@ -237,3 +238,16 @@ def ranked(key: str, met: set[str] | None) -> bool:
 def expected_keys(config: dict, evaluation: dict) -> set[str]:
     """The metric keys a run with this config and evaluation should have, by the table's requirements."""
     return {m.key for m in METRICS.values() if all(REQUIREMENTS[r](config, evaluation) for r in m.requires)}
+
+
+def headline_summary(evaluation: dict) -> list[str]:
+    """A few readable lines of a run's evaluation: its headline metrics, one line per group, in table order."""
+    lines = []
+    for group in GROUPS:
+        shown = sorted((m for m in METRICS.values() if m.group == group and m.headline and _scalar(evaluation.get(m.key))),
+                       key=lambda m: m.headline)
+        units = ", ".join(dict.fromkeys(m.unit for m in shown if m.unit))  # said once per line, not per number
+        if shown:
+            lines.append(f"{group}{f' ({units})' if units else ''}: "
+                         + ", ".join(f"{m.label} {evaluation[m.key]:.4g}" for m in shown))
+    return lines

@@ -53,12 +53,13 @@ from pyro_vae.report.tables import (
 )
 from pyro_vae.report.verdicts import claim_blocks, glance_blocks
 from pyro_vae.study.claims import judge_claims
+from pyro_vae.study.folders import RunFolders, study_from_runs
 from pyro_vae.study.runner import collect, evaluate_study
 from pyro_vae.study.spec import Study
 from pyro_vae.study.statistics import summarize
 from pyro_vae.training import runs
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "build_runs_report"]
 
 
 def _stderr(message: str) -> None:
@@ -84,7 +85,8 @@ def _annealing(results: list[dict]) -> list[Inline]:
     return items
 
 
-def _setup_blocks(study: Study, results: list[dict], values: dict) -> list[Block]:
+def _setup_blocks(study: Study, results: list[dict], values: dict, variants: list[str] | None = None) -> list[Block]:
+    variants = list(study.variants) if variants is None else variants  # the variants with finished runs
     first = results[0]
     cfg, data, versions = first["config"], first["data"], first["versions"]
     blocks: list[Block] = [Heading(2, "Setup")]
@@ -121,7 +123,8 @@ def _setup_blocks(study: Study, results: list[dict], values: dict) -> list[Block
         [f"Training: {'/'.join(str(e) for e in dict.fromkeys(r['config']['epochs'] for r in results))} epoch(s), batch size "
          f"{cfg['batch_size']}, Adam lr {cfg['lr']:g}, objective "
          + "/".join(dict.fromkeys(r["config"]["objective"] for r in results))
-         + f" with {cfg['num_particles']} particle(s); seeds {', '.join(map(str, study.seeds))}."],
+         + f" with {cfg['num_particles']} particle(s); seeds {', '.join(map(str, sorted({r['seed'] for r in results})))}."]
+        + ([" Changed on the command line: " + _overrides_text(study.overrides) + "."] if study.overrides else []),
     ] + _annealing(results) + [
         [f"Evaluation: codes are posterior means of the test images; log p(x) by importance sampling with K = "
          f"{evaluation.num_samples} samples per image (PSIS diagnostics), exact 2-D quadrature to {evaluation.grid_tol:g} nats; "
@@ -139,7 +142,7 @@ def _setup_blocks(study: Study, results: list[dict], values: dict) -> list[Block
     differing = [k for k in VARIANT_COLUMNS if k not in shared]
     header = ["variant"] + (differing or ["guide", "prior", "beta"])
     rows = []
-    for v in study.variants:
+    for v in variants:
         c = next(r["config"] for r in results if r["variant"] == v)
         rows.append([v] + [fmt_value(c.get(k)) for k in header[1:]])
     blocks.append(Table(header, rows, caption="What distinguishes the variants"))
@@ -153,28 +156,68 @@ def _run_data(row: dict) -> list[Inline]:
             f", {data.get('split', '?')}, {data.get('train_count', '?')} training / {data.get('test_count', '?')} test images"]
 
 
+def _overrides_text(overrides: dict) -> str:
+    parts = [f"{k}={v}" for k, v in overrides.get("settings", {}).items()]
+    if "seeds" in overrides:
+        parts.append("seeds " + ",".join(map(str, overrides["seeds"])))
+    return ", ".join(parts)
+
+
+def _missing_block(study: Study, runs_dir: Path, missing: list[tuple[str, int]], total: int) -> Paragraph:
+    where = ", ".join(f"{v} seed {s} ({study.run_dir(runs_dir, v, s)})" for v, s in missing)
+    again = (f"finish them with `pyro-vae study STUDY_FILE --out {runs_dir}` (it resumes unfinished runs) and build "
+             "this report again" if not isinstance(study, RunFolders) else "finish them with `pyro-vae train --resume RUN_DIR`")
+    return Paragraph(f"Partial report: {total - len(missing)} of {total} runs have finished. Missing or unfinished: {where}. "
+                     f"Numbers below come from the finished runs only; a claim is judged only on as many paired seeds as "
+                     f"it needs (its min_seeds), else it is not judged and says why; {again}.", "warning")
+
+
+def _figure_runs(study: Study, runs_dir: Path, finished: list[tuple[str, int]]) -> dict[str, tuple[int, Path]]:
+    """One finished run per variant for the figures: the seed the most variants have finished, else each one's first."""
+    seeds = [s for _, s in finished]
+    common = max(dict.fromkeys(seeds), key=seeds.count)
+    chosen = {}
+    for v, s in finished:
+        if v not in chosen or (s == common and chosen[v][0] != common):
+            chosen[v] = (s, study.run_dir(runs_dir, v, s))
+    return chosen
+
+
 def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str], None] = _stderr) -> Path:
-    """Evaluate what lacks an evaluation (never retraining), then write the report; returns report.html."""
-    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a folder; choose another --out for the report")
-    study = Study.from_runs_dir(runs_dir)
-    for variant, seed in study.cells():
-        run = study.run_dir(runs_dir, variant, seed)
-        if not runs.is_complete(run):
-            raise UserError(f"{run} is missing or unfinished; train it first (pyro-vae study ... --out {runs_dir})")
-    evaluate_study(study, runs_dir, log)
-    for variant, seed in study.cells():  # evaluation.json without its arrays: evaluate that run again
+    """Report on a study's finished runs (evaluating what lacks an evaluation, never training); returns
+    report.html. Missing or unfinished runs are listed at the top of the report."""
+    runs_dir = Path(runs_dir)
+    return _build(Study.from_runs_dir(runs_dir), runs_dir, Path(out_dir), log)
+
+
+def build_runs_report(run_dirs: list[str | Path], out_dir: str | Path, log: Callable[[str], None] = _stderr) -> Path:
+    """Report on any run folders side by side, each a variant named after its folder; returns report.html."""
+    return _build(study_from_runs(run_dirs), Path(), Path(out_dir), log)
+
+
+def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], None]) -> Path:
+    cells = study.cells()
+    finished = [c for c in cells if runs.is_complete(study.run_dir(runs_dir, *c))]
+    missing = [c for c in cells if c not in finished]
+    for variant, seed in missing:
+        log(f"report: {study.run_dir(runs_dir, variant, seed)} is missing or unfinished; left out")
+    if not finished:
+        raise UserError(f"none of the {len(cells)} runs has finished yet, so there is nothing to report; "
+                        "train them first (pyro-vae study or pyro-vae train)")
+    evaluate_study(study, runs_dir, log, finished)
+    for variant, seed in finished:  # evaluation.json without its arrays: evaluate that run again
         run = study.run_dir(runs_dir, variant, seed)
         if not (run / EVALUATION_ARRAYS).exists():
             log(f"{run} lacks {EVALUATION_ARRAYS}; evaluating it again")
             evaluate_run(run, study.eval_settings(), log=log)
-    rows = collect(study, runs_dir)
+    rows = collect(study, runs_dir, finished)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder; choose another --out for the report")
     out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"report for study {study.name}: {len(rows)} runs -> {out_dir}")
+    log(f"report for {study.name}: {len(rows)} of {len(cells)} runs -> {out_dir}")
 
     results = [result_row(r) for r in rows]
-    variants = list(study.variants)
+    variants = [v for v in study.variants if any(fv == v for fv, _ in finished)]
     values: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
     seeded: dict[str, dict[str, dict[int, float]]] = {v: {} for v in variants}  # what the claims pair by seed
     for r in results:
@@ -196,24 +239,34 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str],
                                              for r in results if r["variant"] == v))} for v in variants}
 
     log("report: drawing figures")
-    figures = make_figures(study, runs_dir, out_dir, results, values, class_names, log)
+    figures = make_figures(_figure_runs(study, runs_dir, finished), out_dir, results, values, class_names,
+                           max(sum(fv == v for fv, _ in finished) for v in variants), log)
     if write_explorer(study, runs_dir, out_dir, log):
         figures.setdefault("codes", []).append(Paragraph([("b", "Explore the code spaces: "), ("link", EXPLORER),
             " (hover to see what each variant decodes at a point, click to pin it in all of them)."]))
 
     blocks: list[Block] = [Heading(1, study.title)]
+    if missing:
+        blocks.append(_missing_block(study, runs_dir, missing, len(cells)))
     if study.description:
         blocks.append(Paragraph(" ".join(study.description.split())))
-    blocks.append(Paragraph(f"Study {study.name}: {len(variants)} variants ({', '.join(variants)}) × "
-                            f"{len(study.seeds)} seeds, runs in {runs_dir}. Every number is computed from the run "
-                            "folders; results.json and results.csv next to this report hold the per-run values."))
+    if isinstance(study, RunFolders):
+        blocks.append(Paragraph(f"{len(variants)} run folders compared side by side, each a variant named after its folder: "
+                                + ", ".join(f"{v} ({study.run_dir(runs_dir, v, s)})" for v, s in cells)
+                                + ". Every number is computed from the run folders; results.json and results.csv next to "
+                                "this report hold the per-run values."))
+    else:
+        blocks.append(Paragraph(f"Study {study.name}: {len(study.variants)} variants ({', '.join(study.variants)}) × "
+                                f"{len(study.seeds)} seeds, runs in {runs_dir}. Every number is computed from the run "
+                                "folders; results.json and results.csv next to this report hold the per-run values."))
     claims = judge_claims(study.claim_specs(), seeded, context)
     if claims:
         blocks += glance_blocks(claims)
     else:
-        blocks.append(Paragraph("The study file states no claims ([claims.NAME] tables), so no claim is judged; "
-                                "the tables and figures below compare all variants.", "note"))
-    blocks += _setup_blocks(study, results, values)
+        blocks.append(Paragraph(("Run folders outside a study carry no claims" if isinstance(study, RunFolders) else
+                                 "The study file states no claims ([claims.NAME] tables)")
+                                + ", so no claim is judged; the tables and figures below compare all variants.", "note"))
+    blocks += _setup_blocks(study, results, values, variants)
 
     blocks.append(Heading(2, "All variants compared"))
     table, warnings = comparison_table(variants, values, context)

@@ -17,14 +17,13 @@ from pyro_vae.evaluation.evaluate import EVALUATION_ARRAYS
 from pyro_vae.evaluation.metrics import METRICS, direction
 from pyro_vae.report.document import Figure
 from pyro_vae.report.tables import direction_text
-from pyro_vae.study.spec import Study
 
 __all__ = ["FIGURES", "make_figures"]
 
 
 @dataclass
 class _Inputs:
-    seed: int  # the figures of one seed stand for the study
+    seed: str  # the figures of one seed stand for the study ("0", or "0/1" when the variants' runs differ)
     variants: list[str]
     arrays: dict[str, dict[str, np.ndarray]]  # variant -> evaluation.npz of that seed's run
     configs: dict[str, dict]
@@ -154,17 +153,18 @@ FIGURES: dict[str, Callable[[_Inputs], list[tuple[str, Draw]]]] = {
 }
 
 
-def make_figures(study: Study, runs_dir: Path, out_dir: Path, results: list[dict], values: dict,
-                 class_names: Sequence[str], log: Callable[[str], None]) -> dict[str, list[Figure]]:
-    """Save the figures under out_dir/figures; returns name -> Figure blocks (paths relative), drawn ones only."""
-    seed = study.seeds[0]
-    variants = list(study.variants)
+def make_figures(chosen: dict[str, tuple[int, Path]], out_dir: Path, results: list[dict], values: dict,
+                 class_names: Sequence[str], n_seeds: int, log: Callable[[str], None]) -> dict[str, list[Figure]]:
+    """Save the figures of the runs in `chosen` (variant -> (seed, run folder), one run standing for
+    each variant) under out_dir/figures; returns name -> Figure blocks (paths relative), drawn ones only."""
+    variants = list(chosen)
     arrays = {}
-    for v in variants:
-        with np.load(study.run_dir(runs_dir, v, seed) / EVALUATION_ARRAYS) as npz:
+    for v, (_, run) in chosen.items():
+        with np.load(run / EVALUATION_ARRAYS) as npz:
             arrays[v] = {k: npz[k] for k in npz.files}
-    configs = {v: next(r["config"] for r in results if r["variant"] == v and r["seed"] == seed) for v in variants}
-    inputs = _Inputs(seed, variants, arrays, configs, results, values, class_names, len(study.seeds))
+    configs = {v: next(r["config"] for r in results if r["variant"] == v and r["seed"] == seed) for v, (seed, _) in chosen.items()}
+    seed = "/".join(str(s) for s in dict.fromkeys(seed for seed, _ in chosen.values()))
+    inputs = _Inputs(seed, variants, arrays, configs, results, values, class_names, n_seeds)
     made: dict[str, list[Figure]] = {}
     for name, figures in FIGURES.items():
         for file_name, draw in figures(inputs):

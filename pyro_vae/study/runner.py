@@ -22,6 +22,7 @@ from pyro_vae.study.cells import evaluation_stale, make_cell
 from pyro_vae.study.executors import Execution, make_executor
 from pyro_vae.study.spec import STUDY_FILE, Study
 from pyro_vae.training import runs
+from pyro_vae.training.trainer import check
 
 # Study and STUDY_FILE live in spec.py; they stay importable from here, where callers first found them.
 __all__ = ["run_study", "evaluate_study", "collect", "Study", "STUDY_FILE", "Execution"]
@@ -50,6 +51,9 @@ def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
 
     The study folder is locked throughout: a second study on it gets the holder's pid."""
     execution = execution or Execution(progress=progress)
+    runs_dir = Path(runs_dir)
+    for variant in study.variants:  # a variant whose model cannot be built fails before any folder is written
+        check(study.config(variant, study.seeds[0]))
     with runs.locked(runs_dir) as folder:
         return _run_study(study, folder, log, execution)
 
@@ -92,11 +96,12 @@ def _run_study(study: Study, runs_dir: Path, log: Callable[[str], None], executi
 DATA_KEYS = ("dataset", "data_dir", "test_fraction", "split_seed", "train_limit", "test_limit")
 
 
-def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None]) -> None:
-    """Evaluate every run whose evaluation is missing, damaged or older than its checkpoint, each on
-    its own data (variants may differ in dataset or split; data and classifier are loaded once per kind)."""
+def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None], cells: list[tuple[str, int]] | None = None) -> None:
+    """Evaluate every run (of `cells`, default all) whose evaluation is missing, damaged or older than its
+    checkpoint, each on its own data (variants may differ in dataset or split; data and classifier are
+    loaded once per kind)."""
     settings = study.eval_settings()
-    stale = [(v, s, study.run_dir(runs_dir, v, s)) for v, s in study.cells()
+    stale = [(v, s, study.run_dir(runs_dir, v, s)) for v, s in (study.cells() if cells is None else cells)
              if evaluation_stale(study.run_dir(runs_dir, v, s), asdict(settings))]
     if not stale:
         log("evaluation: all runs already evaluated")
@@ -115,10 +120,10 @@ def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None]) -> 
         evaluate_run(run, settings, scorer=scorer, data=data, log=log)
 
 
-def collect(study: Study, runs_dir: Path) -> list[dict]:
-    """One row per run: variant, seed, config, final metrics and evaluation (evaluating what lacks it)."""
+def collect(study: Study, runs_dir: Path, cells: list[tuple[str, int]] | None = None) -> list[dict]:
+    """One row per run (of `cells`, default all): variant, seed, config, final metrics and evaluation."""
     rows = []
-    for variant, seed in study.cells():
+    for variant, seed in study.cells() if cells is None else cells:
         run = study.run_dir(runs_dir, variant, seed)
         if not runs.is_complete(run):
             raise UserError(f"{run} is missing or unfinished; run `pyro-vae study` to train it first")

@@ -55,6 +55,7 @@ class Study:
     compare: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
     claims: dict = field(default_factory=dict)  # the [claims.NAME] tables as written; see claim_specs
+    overrides: dict = field(default_factory=dict)  # what the command line changed (study/overrides.py), kept in study.json
     resources: dict = field(default_factory=dict)  # per run on Ray; see pyro_vae.study.resources
     plugins: list[str] = field(default_factory=list)  # files (absolute paths) and modules to import first
     tensorboard: bool = False  # TensorBoard event files in every run folder
@@ -83,7 +84,7 @@ class Study:
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "Study":
         known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims", "resources",
-                 "plugins", "tensorboard"}
+                 "plugins", "tensorboard", "overrides"}
         if not isinstance(d, dict):
             raise UserError(f"{source} must be a table of study settings (name, seeds, [base], [variants.NAME])")
         if set(d) - known:
@@ -123,7 +124,7 @@ class Study:
             variants={k: dict(v) for k, v in d["variants"].items()}, compare=dict(d.get("compare", {})),
             evaluation=dict(d.get("evaluation", {})), claims=d.get("claims", {}),
             resources=check_resources(dict(d.get("resources", {})), f"[resources] of {source}"), plugins=specs,
-            tensorboard=d.get("tensorboard", False),
+            tensorboard=d.get("tensorboard", False), overrides=dict(d.get("overrides", {})),
         )
         for variant in study.variants:  # every cell must be a valid config and model before anything runs
             _check_variant(study.config(variant, study.seeds[0]), variant, source)

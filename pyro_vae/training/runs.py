@@ -64,9 +64,9 @@ def _leftovers(folder: Path) -> list[Path]:
     return [p for p in folder.glob(".*.tmp") if p.is_file()]
 
 
-def prepare(out: Path, force: bool) -> Path:
-    """An empty run folder, locked by the caller; an existing non-empty one only with force, and then
-    only if it holds nothing but run files (which are removed, one by one)."""
+def check_target(out: Path, force: bool) -> list[Path]:
+    """The entries `prepare` would remove, or the UserError it would raise; writes nothing, so a
+    caller can refuse a bad --out before the slow part."""
     out = Path(out)
     if out.is_symlink():
         raise UserError(f"{out} is a symbolic link; give the real folder as --out")
@@ -80,10 +80,17 @@ def prepare(out: Path, force: bool) -> Path:
         if foreign:
             raise UserError(f"{out} holds files that are not part of a run ({', '.join(foreign[:5])}"
                             f"{', ...' if len(foreign) > 5 else ''}); --force only replaces run folders: choose another --out")
-        for p in entries:
-            for f in p.iterdir() if p.is_dir() else ():
-                f.unlink()
-            p.rmdir() if p.is_dir() else p.unlink()
+    return entries
+
+
+def prepare(out: Path, force: bool) -> Path:
+    """An empty run folder, locked by the caller; an existing non-empty one only with force, and then
+    only if it holds nothing but run files (which are removed, one by one)."""
+    out = Path(out)
+    for p in check_target(out, force):
+        for f in p.iterdir() if p.is_dir() else ():  # a run's tensorboard/ folder holds files only
+            f.unlink()
+        p.rmdir() if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 

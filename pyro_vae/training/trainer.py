@@ -135,6 +135,9 @@ class Trainer:
         pending: list[torch.Tensor] = []
         starts = range(0, n, size)
         last_step = len(starts)
+        # A bar only on a terminal: in a file or pipe (nohup, CI, a cluster log) its carriage-return frames
+        # would flood the log, which gets the one line per epoch that _fit writes instead.
+        progress = progress and sys.stderr.isatty()
         bar = tqdm(starts, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not progress, file=sys.stderr)
         with contextlib.ExitStack() as unvalidated:
             for step, start in enumerate(bar, 1):
@@ -202,11 +205,23 @@ class Trainer:
         return lines
 
 
+def check(cfg: TrainConfig) -> TrainConfig:
+    """Everything about a config that can be checked without data: its values, and that its model and
+    objective can be built (e.g. the vamp prior needs a guide with an encoder network). Cheap, so it
+    runs before data is loaded and before any folder is written."""
+    cfg.validate()
+    with seeded(cfg.seed):  # the throwaway model draws from its own stream, not the run's
+        build_vae(cfg)
+    build_objective(cfg)
+    return cfg
+
+
 def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool = True, log=log_to_stderr,
           plugins: list[dict] = (), tensorboard: bool = False) -> Path:
     """Train a new run into `out` (a fresh or, with force, replaced folder); `plugins` are the records
     (pyro_vae.plugins.load_all) of the plugins it needs, kept in config.json."""
-    cfg.validate()
+    check(cfg)
+    runs.check_target(Path(out), force)
     dataset = load_data(cfg)
     # Data, model and objective are built before touching `out`: a bad setting must not cost a folder.
     trainer = Trainer(cfg, Path(out), dataset, log, tensorboard=tensorboard)
@@ -238,7 +253,7 @@ def resume(run: str | Path, epochs: int | None = None, progress: bool = True, lo
         cfg.epochs = epochs
     if device is not None:
         cfg.device = device
-    cfg.validate()
+    check(cfg)
     dataset = load_data(cfg)
     runs.check_data(run, record, dataset.provenance)
     trainer = Trainer(cfg, run, dataset, log, tensorboard=tensorboard)

@@ -62,7 +62,11 @@ def test_quick_bench_writes_the_table_and_json(tmp_path, capsys):
     assert code == 0
     assert "train vae: project/reference" in printed and "batching: wait+gather" in printed and "batching: one binarisation draw" in printed and "eval grid" in printed
     report = json.loads(out.read_text())
-    assert {"meta", "train", "batching", "eval", "study", "table"} <= set(report)
+    assert {"meta", "startup", "train", "batching", "eval", "study", "table"} <= set(report)
+    startup = report["startup"]["items"]
+    assert "startup: pyro-vae --help" in printed and list(startup) == ["pyro-vae --help", "pyro-vae train --epochs two (an argument error)"]
+    assert startup["pyro-vae --help"]["exit_codes"] == [0] and startup["pyro-vae train --epochs two (an argument error)"]["exit_codes"] == [2]
+    assert all(0 < r["median"] and isinstance(r["met"], bool) for r in startup.values())
     assert report["study"] is None and report["meta"]["device"] == "cpu" and report["meta"]["threads"] == 1
     assert list(report["train"]) == DEFAULT_VARIANTS
     for name, r in report["train"].items():

@@ -284,16 +284,50 @@ def test_missing_evaluation_is_recomputed_without_retraining(study_runs, tmp_pat
     assert (tmp_path / "again" / "report.html").is_file()
 
 
-def test_unfinished_run_is_an_error_not_a_training(study_runs, tmp_path):
+def test_partial_study_reports_what_finished_and_judges_no_claim_short_of_runs(study_runs, tmp_path):
     study, runs_dir = study_runs
     copy = tmp_path / "runs"
     shutil.copytree(runs_dir, copy)
-    (study.run_dir(copy, "AE", 1) / runs.CHECKPOINT).unlink()
-    with pytest.raises(UserError, match="missing or unfinished"):
-        build_report(copy, tmp_path / "report", log=_quiet)
-    assert not (study.run_dir(copy, "AE", 1) / runs.CHECKPOINT).exists()
+    (study.run_dir(copy, "AE", 1) / runs.CHECKPOINT).unlink()  # unfinished
+    messages = []
+    build_report(copy, tmp_path / "report", log=messages.append)
+    assert not (study.run_dir(copy, "AE", 1) / runs.CHECKPOINT).exists()  # nothing was trained
+    assert any("AE/seed-1 is missing or unfinished" in m for m in messages)
+    text = (tmp_path / "report" / "report.md").read_text()
+    title, top = text.split("\n\n")[:2]
+    assert title.startswith("# ") and "Partial report: 3 of 4 runs have finished" in top and "AE seed 1" in top
+    rows = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [("AE", 0), ("VAE", 0), ("VAE", 1)]
+    # No claim has the seeds it needs once AE seed 1 is missing: no verdict, and the reason said.
+    verdicts = re.findall(r"\*\*Verdict: ([^*]+)\*\*(.*)", text)
+    assert len(verdicts) == len(AE_VS_VAE_CLAIMS)
+    assert [v for v, _ in verdicts] == ["not judged"] * 3
+    # holes and spread pair AE with VAE (1 pair left); centre tests the VAE alone against a target (2 seeds, needs 3)
+    assert ["rests on 1 seed; needs at least 2" in verdicts[0][1], "rests on 2 seeds; needs at least 3" in verdicts[1][1],
+            "rests on 1 seed; needs at least 2" in verdicts[2][1]] == [True] * 3
     with pytest.raises(UserError):
         build_report(tmp_path / "nowhere", tmp_path / "report2", log=_quiet)
+
+
+def test_loose_run_folders_are_compared_side_by_side(study_runs, tmp_path):
+    study, runs_dir = study_runs
+    loose = tmp_path / "loose"
+    for name, (variant, seed) in {"ae": ("AE", 0), "vae": ("VAE", 1), "vae-short": ("VAE", 0)}.items():
+        shutil.copytree(study.run_dir(runs_dir, variant, seed), loose / name)
+    (loose / "vae-short" / runs.CHECKPOINT).unlink()
+    evaluations = {n: (loose / n / runs.EVALUATION).stat().st_mtime_ns for n in ("ae", "vae")}
+    out = report.build_runs_report([loose / "ae", loose / "vae", loose / "vae-short"], tmp_path / "report", log=_quiet)
+    assert {n: (loose / n / runs.EVALUATION).stat().st_mtime_ns for n in ("ae", "vae")} == evaluations  # not re-evaluated
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert out.is_file() and "Partial report: 2 of 3 runs have finished" in text and "vae-short seed 0" in text
+    assert "carry no claims" in text and "Verdict:" not in text
+    assert "| variant | guide | beta |" in text and "| ae | delta | 0 |" in text and "| vae | gaussian | 1 |" in text
+    rows = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in rows] == [("ae", 0), ("vae", 1)]
+    with pytest.raises(UserError, match="not a run folder"):
+        report.build_runs_report([loose / "ae", tmp_path], tmp_path / "r2", log=_quiet)
+    with pytest.raises(UserError, match="both be called"):
+        report.build_runs_report([loose / "ae", loose / "ae"], tmp_path / "r3", log=_quiet)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,54 @@
+"""Command-line changes to a study file (`pyro-vae study FILE --epochs 5 --seeds 0 --set lr=3e-4`).
+
+They change the [base] table and the seeds, and the result is checked exactly as the file would be
+(every cell a valid config); study.json records them under "overrides", so a report says what
+differs from the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.errors import UserError
+from pyro_vae.study.spec import Study
+
+__all__ = ["parse_seeds", "with_overrides"]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0,1,2" -> [0, 1, 2]."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--seeds takes whole numbers separated by commas, e.g. --seeds 0,1; got {text!r}") from None
+    if not seeds:
+        raise UserError(f"--seeds takes at least one seed, e.g. --seeds 0; got {text!r}")
+    return seeds
+
+
+def with_overrides(study: Study, source: str, settings: dict[str, Any], seeds: list[int] | None = None) -> Study:
+    """The study with [base] settings and seeds replaced, validated like the file; unchanged without any."""
+    if not settings and seeds is None:
+        return study
+    settings = {key.replace("-", "_"): value for key, value in settings.items()}
+    known = TrainConfig.keys()
+    for key in settings:
+        if key not in known:
+            raise UserError(f"unknown setting {key!r} in --set; valid settings: {', '.join(known)}")
+        if key == "seed":
+            raise UserError("the seed of a study's runs comes from its seeds; use --seeds 0,1 instead of --set seed=...")
+        setters = [name for name, table in study.variants.items() if key in table]
+        if setters:
+            raise UserError(f"variant {setters[0]} of {source} sets {key} itself, so a [base] override would not reach it; "
+                            "edit the study file instead")
+    if "epochs" in settings and not (isinstance(settings["epochs"], int) and settings["epochs"] >= 1):
+        raise UserError(f"a study trains every run for at least 1 epoch; got epochs={settings['epochs']!r}")
+    d = asdict(study)
+    d["base"] = {**d["base"], **settings}
+    recorded: dict[str, Any] = {"settings": settings} if settings else {}
+    if seeds is not None:
+        d["seeds"], recorded["seeds"] = seeds, seeds
+    d["overrides"] = recorded
+    return Study.from_dict(d, f"{source} with the command line's changes")
