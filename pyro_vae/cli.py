@@ -282,7 +282,8 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(sp)
         sp.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
-                        help="import this .py file or module first: the components it registers become names (repeatable)")
+                        help="import this .py file or module first: the components it registers become names, e.g. "
+                             "examples/plugins/student_t_prior.py or mylab.priors (repeatable; default: none)")
         sp.set_defaults(run=run)
     return p
 

@@ -175,7 +175,8 @@ CASES = [
     Case("--lr inf", lambda r, b, h, m: ["train", *TINY, "--lr", "inf", "--out", str(r / "o")], "lr must be a finite number, got inf"),
     Case("--seed -1", lambda r, b, h, m: ["train", *TINY, "--seed", "-1", "--out", str(r / "o")], "seed must be a whole number from 0"),
     Case("--seed 2**32", lambda r, b, h, m: ["train", *TINY, "--seed", str(2**32), "--out", str(r / "o")], "seed must be a whole number from 0"),
-    Case("--likelihood-images -495", lambda r, b, h, m: ["evaluate", str(_copy(b, r)), "--likelihood-images", "-495"], "likelihood_images"),
+    Case("--likelihood-images -495", lambda r, b, h, m: ["evaluate", str(_copy(b, r)), "--likelihood-images", "-495"],
+         "--likelihood-images must be at least 1"),
     Case("evaluate --seed -1", lambda r, b, h, m: ["evaluate", str(_copy(b, r)), "--seed", "-1"], "seed must be a whole number"),
     # study files: validated when read, before anything trains or is written
     Case("study epochs = 0", lambda r, b, h, m: _study(r, STUDY_HEAD + "[variants.A]\nepochs = 0\n"), "a study trains at least 1"),

@@ -187,12 +187,20 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str],
     """Report on a study's finished runs (evaluating what lacks an evaluation, never training); returns
     report.html. Missing or unfinished runs are listed at the top of the report."""
     runs_dir = Path(runs_dir)
+    _check_out(Path(out_dir))
     return _build(Study.from_runs_dir(runs_dir), runs_dir, Path(out_dir), log)
 
 
 def build_runs_report(run_dirs: list[str | Path], out_dir: str | Path, log: Callable[[str], None] = _stderr) -> Path:
     """Report on any run folders side by side, each a variant named after its folder; returns report.html."""
+    _check_out(Path(out_dir))
     return _build(study_from_runs(run_dirs), Path(), Path(out_dir), log)
+
+
+def _check_out(out_dir: Path) -> None:
+    """Before anything is read or evaluated: the report goes into a folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder; choose another --out for the report")
 
 
 def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], None]) -> Path:
@@ -211,8 +219,6 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
             log(f"{run} lacks {EVALUATION_ARRAYS}; evaluating it again")
             evaluate_run(run, study.eval_settings(), log=log)
     rows = collect(study, runs_dir, finished)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a folder; choose another --out for the report")
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"report for {study.name}: {len(rows)} of {len(cells)} runs -> {out_dir}")
 

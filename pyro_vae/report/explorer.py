@@ -29,6 +29,7 @@ from pyro_vae.data import BINARIZATIONS, DATASETS
 from pyro_vae.evaluation.evaluate import EVALUATION_ARRAYS, Scorer
 from pyro_vae.io import atomic_write_bytes
 from pyro_vae.study.spec import Study
+from pyro_vae.training import runs
 from pyro_vae.training.runs import load_run
 
 FILE = "explorer.html"
@@ -114,7 +115,8 @@ def explorer_runs(study: Study, runs_dir: Path, seed: int) -> dict[str, Path]:
     found = {}
     for variant in study.variants:
         run = study.run_dir(runs_dir, variant, seed)
-        if (run / EVALUATION_ARRAYS).exists() and np.load(run / EVALUATION_ARRAYS)["codes"].shape[1] == 2:
+        finished = runs.is_complete(run) and (run / EVALUATION_ARRAYS).exists()  # a partial study's gaps are left out
+        if finished and np.load(run / EVALUATION_ARRAYS)["codes"].shape[1] == 2:
             found[variant] = run
     return found
 

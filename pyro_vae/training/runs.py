@@ -67,7 +67,13 @@ def _leftovers(folder: Path) -> list[Path]:
 def check_target(out: Path, force: bool) -> list[Path]:
     """The entries `prepare` would remove, or the UserError it would raise; writes nothing, so a
     caller can refuse a bad --out before the slow part."""
-    out = Path(out)
+    try:
+        return _check_target(Path(out), force)
+    except OSError as e:  # an overlong name, a component that is a file, no permission to look
+        raise UserError(f"cannot use {out} as a run folder ({e.strerror or e}); choose another --out") from None
+
+
+def _check_target(out: Path, force: bool) -> list[Path]:
     if out.is_symlink():
         raise UserError(f"{out} is a symbolic link; give the real folder as --out")
     if out.exists() and not out.is_dir():

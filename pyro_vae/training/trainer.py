@@ -210,9 +210,9 @@ def check(cfg: TrainConfig) -> TrainConfig:
     objective can be built (e.g. the vamp prior needs a guide with an encoder network). Cheap, so it
     runs before data is loaded and before any folder is written."""
     cfg.validate()
-    with seeded(cfg.seed):  # the throwaway model draws from its own stream, not the run's
+    with seeded(cfg.seed), plugins.blamed(cfg):  # the throwaway model draws from its own stream, not the run's
         build_vae(cfg)
-    build_objective(cfg)
+        build_objective(cfg)
     return cfg
 
 

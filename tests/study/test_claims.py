@@ -50,7 +50,8 @@ def test_every_shipped_study_reads_and_only_the_ae_vs_vae_ones_state_claims():
             holes, centre, spread = specs
             # Claim 2 is tested in absolute terms: the candidate's codes against N(0, I)'s 0.95.
             assert centre.primary == ClaimTest("share_in_95", "target", 0.02)
-            assert spread.primary.metric == "white_spread_cv"
+            # Claim 1 by the hole mass, claim 3 by the evenness of the classes' log-volumes (issue 9's measures).
+            assert holes.primary.metric == "hole_mass_fitted" and spread.primary.metric == "logdet_spread_sd"
             assert "silhouette" not in {t.metric for t in spread.tests}  # separation, not spread
             # One recipe for both sides: every sample-quality test compares the same sampler's images.
             assert all(t.against == "baseline" for t in holes.tests)
@@ -129,11 +130,15 @@ def test_a_claim_tested_only_against_targets_needs_no_baseline():
 IDEAL = {"prior_fid": 5.0, "prior_confidence": 0.95, "box_fid": 5.0, "box_confidence": 0.95, "mid_same_fid": 5.0,
          "mid_same_confidence": 0.95, "mid_diff_fid": 5.0, "mid_diff_confidence": 0.95, "mean_norm": 0.01,
          "gaussian_kl": 0.01, "share_in_95": 0.95, "max_abs_skewness": 0.05, "max_radius": 3.99,
-         "white_spread_ratio": 1.1, "white_spread_cv": 0.05, "spread_ratio": 1.1, "spread_cv": 0.05}
+         "white_spread_ratio": 1.1, "white_spread_cv": 0.05, "spread_ratio": 1.1, "spread_cv": 0.05,
+         "hole_mass_fitted": 0.01, "hole_reencode_rise": 0.1, "hole_precision_drop": 0.05, "perturb_reencode_at_1": 1.1,
+         "logdet_spread_sd": 0.1}
 POOR = {"prior_fid": 80.0, "prior_confidence": 0.5, "box_fid": 60.0, "box_confidence": 0.6, "mid_same_fid": 50.0,
         "mid_same_confidence": 0.6, "mid_diff_fid": 70.0, "mid_diff_confidence": 0.5, "mean_norm": 4.0,
         "gaussian_kl": 30.0, "share_in_95": 0.2, "max_abs_skewness": 2.0, "max_radius": 40.0,
-        "white_spread_ratio": 4.0, "white_spread_cv": 0.5, "spread_ratio": 5.0, "spread_cv": 0.6}
+        "white_spread_ratio": 4.0, "white_spread_cv": 0.5, "spread_ratio": 5.0, "spread_cv": 0.6,
+        "hole_mass_fitted": 0.3, "hole_reencode_rise": 1.0, "hole_precision_drop": 0.5, "perturb_reencode_at_1": 3.0,
+        "logdet_spread_sd": 0.8}
 CONTEXT = {v: {"n_classes": 10, "n_codes": 2000, "latent_dim": 2} for v in ("AE", "MAP-AE", "VAE")}
 
 
