@@ -196,7 +196,10 @@ def _execution(args: argparse.Namespace):
 
 @command("study", "train, evaluate and report every variant x seed of a study", _study_arguments)
 def _study(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from pyro_vae.report.build import build_report
+    from pyro_vae.training import runs
     from pyro_vae.study.overrides import parse_seeds, with_overrides
     from pyro_vae.study.runner import Study, run_study
 
@@ -204,6 +207,8 @@ def _study(args: argparse.Namespace) -> int:
     settings.update({key: value for key, value in (("epochs", args.epochs), ("data_dir", args.data_dir)) if value is not None})
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     study = with_overrides(Study.load(args.study), args.study, settings, seeds)
+    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():  # before hours of training
+        raise UserError(f"{args.report} exists and is not a folder; choose another --report")
     study.plugins = [r["plugin"] for r in args.plugin_records] + study.plugins  # runs record both
     study.tensorboard = study.tensorboard or args.tensorboard
     if study.tensorboard:
@@ -211,7 +216,8 @@ def _study(args: argparse.Namespace) -> int:
 
         require()  # before the first run trains
     runs_dir = run_study(study, args.out, progress=not args.no_progress, execution=_execution(args))
-    print(build_report(runs_dir, args.report or runs_dir / "report"))
+    with runs.locked(runs_dir):  # the report may evaluate runs: no other study or report meanwhile
+        print(build_report(runs_dir, args.report or runs_dir / "report"))
     return 0
 
 
@@ -229,9 +235,11 @@ def _report(args: argparse.Namespace) -> int:
 
     from pyro_vae.report.build import build_report, build_runs_report
     from pyro_vae.study.spec import STUDY_FILE
+    from pyro_vae.training import runs
 
     if len(args.runs) == 1 and (Path(args.runs[0]) / STUDY_FILE).exists():
-        print(build_report(args.runs[0], args.out))
+        with runs.locked(args.runs[0]):  # it may evaluate runs: no study or other report on the folder meanwhile
+            print(build_report(args.runs[0], args.out))
     elif len(args.runs) == 1 and not Path(args.runs[0]).is_dir():
         raise UserError(f"{args.runs[0]} does not exist; give a study's RUNS_DIR or run folders")
     else:

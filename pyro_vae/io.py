@@ -80,39 +80,49 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def _read(path: str | os.PathLike, parse: Callable[[bytes], Any], messages: dict[str, str]) -> Any:
+    """`parse` of a file's bytes, every way that can fail as one UserError: `messages` per failure
+    (missing, folder, encoding, syntax, unreadable), formatted with path, parent and the error."""
+    import tomllib
+
+    try:
+        return parse(Path(path).read_bytes())
+    except (FileNotFoundError, NotADirectoryError) as e:
+        kind, error = "missing", e
+    except IsADirectoryError as e:
+        kind, error = "folder", e
+    except UnicodeDecodeError as e:
+        kind, error = "encoding", e
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        kind, error = "syntax", e
+    except OSError as e:
+        kind, error = "unreadable", e
+    raise UserError(messages[kind].format(path=path, parent=Path(path).parent, error=error,
+                                          start=getattr(error, "start", None), strerror=getattr(error, "strerror", None)))
+
+
 def read_json(path: str | os.PathLike, damaged: str = "the run folder is damaged") -> Any:
     """A JSON file; `damaged` is what the message says (the fix) when it cannot be parsed."""
-    try:
-        return json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (FileNotFoundError, NotADirectoryError):
-        raise UserError(f"{path} does not exist; is {Path(path).parent} a pyro-vae run folder?") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a folder, not a file; {damaged}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} holds bytes that are not UTF-8 (at byte {e.start}); {damaged}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); {damaged}") from None
-    except OSError as e:
-        raise UserError(f"{path} cannot be read ({e.strerror}); {damaged}") from None
+    fix = damaged.replace("{", "{{").replace("}", "}}")
+    return _read(path, lambda data: json.loads(data.decode("utf-8")), {
+        "missing": "{path} does not exist; is {parent} a pyro-vae run folder?",
+        "folder": "{path} is a folder, not a file; " + fix,
+        "encoding": "{path} holds bytes that are not UTF-8 (at byte {start}); " + fix,
+        "syntax": "{path} is not valid JSON ({error}); " + fix,
+        "unreadable": "{path} cannot be read ({strerror}); " + fix,
+    })
 
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     import tomllib
 
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"config file {path} is a folder; name a TOML file") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"config file {path} is not UTF-8 (byte {e.start}); TOML files are UTF-8: save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path} is not valid TOML: {e}") from None
-    except OSError as e:
-        raise UserError(f"config file {path} cannot be read ({e.strerror})") from None
+    return _read(path, lambda data: tomllib.loads(data.decode("utf-8")), {
+        "missing": "config file {path} does not exist",
+        "folder": "config file {path} is a folder; name a TOML file",
+        "encoding": "config file {path} is not UTF-8 (byte {start}); TOML files are UTF-8: save it as UTF-8",
+        "syntax": "config file {path} is not valid TOML: {error}",
+        "unreadable": "config file {path} cannot be read ({strerror})",
+    })
 
 
 @contextlib.contextmanager

@@ -136,6 +136,8 @@ CASES = [
          "trained 1 epochs already"),
     Case("overlong --out", lambda r, b, h, m: ["train", *TINY, "--out", str(r / ("a" * 300) / "run")], "too long"),
     Case("a report over a file", lambda r, b, h, m: ["report", str(r), "--out", str(_write(r / "report", "x"))], "is not a folder"),
+    Case("study --report over a file, before any training", lambda r, b, h, m: _study(r, STUDY_HEAD + "[variants.A]\n")
+         + ["--report", str(_write(r / "rep", "x"))], "is not a folder; choose another --report"),
     Case("report of a file instead of a study folder", lambda r, b, h, m: ["report", str(_write(r / "f", "x")), "--out", str(r / "rep")],
          "does not exist"),
     # damaged run files

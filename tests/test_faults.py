@@ -287,3 +287,21 @@ def test_a_second_study_on_a_locked_study_folder_names_the_holder(tmp_path, caps
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_report_while_another_process_holds_the_study_folder_names_the_holder(tmp_path, capsys):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (folder / "study.json").write_text("{}")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pyro_vae.training import runs\n"
+                               "with runs.locked(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)", str(folder)],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        assert main(["report", str(folder), "--out", str(tmp_path / "report")]) == 2
+        assert f"in use by process {holder.pid}" in _one_error_line(capsys.readouterr().err)
+        assert not (tmp_path / "report").exists() and (folder / "study.json").read_text() == "{}"
+    finally:
+        holder.kill()
+        holder.wait()
