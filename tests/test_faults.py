@@ -4,6 +4,7 @@ in evaluate, a damaged evaluation.json, a study whose variants use different dat
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -273,35 +274,35 @@ def test_each_run_is_evaluated_on_its_own_data_and_the_report_lists_it(tmp_path)
     assert "digits seed 0" in html and "fashion seed 0" in html and "fashion-mnist" in html
 
 
-def test_a_second_study_on_a_locked_study_folder_names_the_holder(tmp_path, capsys):
-    folder = tmp_path / "runs"
+@contextlib.contextmanager
+def _held(folder):
+    """Another process holding `folder`'s lock for the duration of the block; yields its pid."""
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pyro_vae.training import runs\n"
                                "with runs.locked(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)", str(folder)],
                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
         assert holder.stdout.readline().strip() == "locked"
-        capsys.readouterr()
-        assert main(["study", str(REPO / "studies" / "ae_vs_vae.toml"), "--out", str(folder), "--no-progress"]) == 2
-        assert f"in use by process {holder.pid}" in _one_error_line(capsys.readouterr().err)
-        assert sorted(p.name for p in folder.iterdir()) == [runs.LOCK]  # no study.json written
+        yield holder.pid
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_study_on_a_locked_study_folder_names_the_holder(tmp_path, capsys):
+    folder = tmp_path / "runs"
+    with _held(folder) as pid:
+        capsys.readouterr()
+        assert main(["study", str(REPO / "studies" / "ae_vs_vae.toml"), "--out", str(folder), "--no-progress"]) == 2
+        assert f"in use by process {pid}" in _one_error_line(capsys.readouterr().err)
+        assert sorted(p.name for p in folder.iterdir()) == [runs.LOCK]  # no study.json written
 
 
 def test_a_report_while_another_process_holds_the_study_folder_names_the_holder(tmp_path, capsys):
     folder = tmp_path / "runs"
     folder.mkdir()
     (folder / "study.json").write_text("{}")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pyro_vae.training import runs\n"
-                               "with runs.locked(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)", str(folder)],
-                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with _held(folder) as pid:
         capsys.readouterr()
         assert main(["report", str(folder), "--out", str(tmp_path / "report")]) == 2
-        assert f"in use by process {holder.pid}" in _one_error_line(capsys.readouterr().err)
+        assert f"in use by process {pid}" in _one_error_line(capsys.readouterr().err)
         assert not (tmp_path / "report").exists() and (folder / "study.json").read_text() == "{}"
-    finally:
-        holder.kill()
-        holder.wait()
