@@ -17,6 +17,7 @@ _LAZY = {
     "register_likelihood": "pyro_vae.components",
     "register_objective": "pyro_vae.components",
     "register_network": "pyro_vae.components",
+    "register_schedule": "pyro_vae.components",
 }
 
 

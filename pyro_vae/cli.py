@@ -50,10 +50,11 @@ def _choices() -> dict[str, str]:
     from pyro_vae.components.networks import NETWORKS
     from pyro_vae.components.objectives import OBJECTIVES
     from pyro_vae.components.priors import PRIORS
+    from pyro_vae.components.schedules import SCHEDULES
     from pyro_vae.data import BINARIZATIONS, DATASETS
 
     tables = dict(datasets=DATASETS, guides=GUIDES, priors=PRIORS, likelihoods=LIKELIHOODS, objectives=OBJECTIVES,
-                  networks=NETWORKS, binarizations=BINARIZATIONS)
+                  networks=NETWORKS, binarizations=BINARIZATIONS, schedules=SCHEDULES)
     return {key: ", ".join(table.names()) for key, table in tables.items()}
 
 
@@ -66,7 +67,7 @@ def train_flags() -> list[tuple[str, str, type, Any, str]]:
     for f in dataclasses.fields(TrainConfig):
         kind = f.type.split(" | ")[0]
         if kind == "dict":
-            flags.append((f"--{f.name.removesuffix('_options')}-option", f.name, dict, None, f.metadata["help"]))
+            flags.append((f"--{f.name.removesuffix('_options').replace('_', '-')}-option", f.name, dict, None, f.metadata["help"]))
         else:
             default = None if f.default is dataclasses.MISSING else f.default
             flags.append((f"--{f.name.replace('_', '-')}", f.name, {"int": int, "float": float, "str": str}[kind], default, f.metadata["help"]))

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from pyro_vae.errors import UserError
 
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
+OUTPUT_BIASES = ("default", "data-mean")
 
 
 def setting(default: Any, help: str, *, factory: Callable[[], Any] | None = None) -> Any:
@@ -33,10 +34,13 @@ class TrainConfig:
     beta_warmup_epochs: int = setting(0, "KL annealing: beta rises linearly to its value over this many epochs")
     latent_dim: int = setting(2, "size of the code z")
     network: str = setting("mlp", "encoder/decoder network: {networks}")
-    hidden_dim: int = setting(400, "hidden width of the network")
+    hidden_dim: int = setting(400, "hidden width of the network (mlp: unless its option hidden lists the widths)")
+    output_bias: str = setting("default", "decoder output bias at the start: default (the layer's own) or data-mean "
+                                          "(logit of the training images' mean pixel, as Burda et al.)")
     epochs: int = setting(10, "epochs to train (with --resume: the new total)")
     batch_size: int = setting(128, "images per step")
     lr: float = setting(1e-3, "Adam learning rate")
+    lr_schedule: str = setting("constant", "learning-rate schedule over the epochs: {schedules}")
     seed: int = setting(0, "seed for weights, batches, binarisation and noise")
     device: str = setting("cpu", "cpu or cuda")
     binarize: str = setting("dynamic", "binarisation: {binarizations}")
@@ -44,9 +48,12 @@ class TrainConfig:
     test_limit: int | None = setting(None, "use only this many test images (a seeded subset)")
     split_seed: int = setting(0, "seed of the subsets and of a train/test split carved from a single-split dataset")
     test_fraction: float = setting(0.2, "share of each class sent to test when a split is carved from one file")
+    validation: int = setting(0, "training images held out (seeded) for a validation bound each epoch, e.g. 400")
+    network_options: dict = setting(None, "options of the network, e.g. hidden=[200,200] or activation=tanh for mlp", factory=dict)
     guide_options: dict = setting(None, "options of the guide, e.g. steps=2 for iaf", factory=dict)
     prior_options: dict = setting(None, "options of the prior, e.g. components=10 for mixture or vamp", factory=dict)
     objective_options: dict = setting(None, "options of the objective, e.g. alpha=0.5 for renyi", factory=dict)
+    lr_schedule_options: dict = setting(None, "options of the schedule, e.g. stages=5 for burda, every=30 for step", factory=dict)
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -76,20 +83,26 @@ class TrainConfig:
         from pyro_vae.components.objectives import OBJECTIVES
         from pyro_vae.components.priors import PRIORS
         from pyro_vae.data import BINARIZATIONS, DATASETS
+        from pyro_vae.components.schedules import SCHEDULES
 
         for registry, name in (
             (DATASETS, self.dataset), (GUIDES, self.guide), (PRIORS, self.prior), (LIKELIHOODS, self.likelihood),
             (OBJECTIVES, self.objective), (NETWORKS, self.network), (BINARIZATIONS, self.binarize),
+            (SCHEDULES, self.lr_schedule),
         ):
             registry.check(name)
         _typed(self)
-        positive = {"latent_dim": 1, "hidden_dim": 1, "batch_size": 1, "num_particles": 1, "epochs": 0, "beta_warmup_epochs": 0}
+        positive = {"latent_dim": 1, "hidden_dim": 1, "batch_size": 1, "num_particles": 1, "epochs": 0, "beta_warmup_epochs": 0,
+                    "validation": 0}
         for name, low in positive.items():
             if getattr(self, name) < low:
                 raise UserError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
         for name in ("train_limit", "test_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be a positive number of images, got {getattr(self, name)}")
+        if self.output_bias not in OUTPUT_BIASES:
+            raise UserError(f"unknown output-bias {self.output_bias!r}; choose one of: {', '.join(OUTPUT_BIASES)}")
+        SCHEDULES[self.lr_schedule](**self.lr_schedule_options)  # its options checked now, not at epoch 1
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
         if not self.beta >= 0:

@@ -268,6 +268,8 @@ class Data:
     class_names: tuple[str, ...]
     provenance: dict = field(default_factory=dict)
     split_indices: dict[str, list[int]] | None = None  # set when the split was carved from one file
+    valid_x: torch.Tensor | None = None  # training images held out for a validation bound (cfg.validation)
+    valid_y: torch.Tensor | None = None
 
 
 def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,13 +292,15 @@ def load(
     split_seed: int = 0,
     train_limit: int | None = None,
     test_limit: int | None = None,
+    validation: int = 0,
     **locate_kw,
 ) -> Data:
     """Load a dataset into memory with a train/test split.
 
     Where only one split's files exist (MNIST's test split here), a stratified train/test split is
     carved from it with `split_seed`, and the indices on each side are kept in `split_indices`.
-    `train_limit`/`test_limit` keep the first N images of each side (after a seeded shuffle).
+    `train_limit`/`test_limit` keep the first N images of each side (after a seeded shuffle), and then
+    `validation` training images (a seeded choice) are held out of training as a validation set.
     """
     spec = DATASETS[dataset]
     raw, origin = locate(dataset, data_dir, **locate_kw)
@@ -334,9 +338,20 @@ def load(
         test_x, test_y = test_x[keep], test_y[keep]
         if split_indices:
             split_indices["test"] = [split_indices["test"][i] for i in keep.tolist()]
+    valid_x = valid_y = None
+    if validation:
+        if validation >= len(train_x):
+            raise DataError(f"validation asks for {validation} of the {len(train_x)} training images; hold out fewer")
+        order = torch.randperm(len(train_x), generator=gen)
+        held, kept = torch.sort(order[:validation]).values, torch.sort(order[validation:]).values
+        valid_x, valid_y, train_x, train_y = train_x[held], train_y[held], train_x[kept], train_y[kept]
+        if split_indices:
+            split_indices["validation"] = [split_indices["train"][i] for i in held.tolist()]
+            split_indices["train"] = [split_indices["train"][i] for i in kept.tolist()]
+        provenance["validation_count"] = validation
     provenance["train_count"], provenance["test_count"] = len(train_x), len(test_x)
     _check_test_set(test_y)
-    return Data(train_x, train_y, test_x, test_y, spec.class_names, provenance, split_indices)
+    return Data(train_x, train_y, test_x, test_y, spec.class_names, provenance, split_indices, valid_x, valid_y)
 
 
 def _check_test_set(test_y: torch.Tensor) -> None:
@@ -401,7 +416,7 @@ def load_data(cfg) -> Data:
     """The data a TrainConfig names, split and limited as it says."""
     return load(
         cfg.dataset, cfg.data_dir, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
-        train_limit=cfg.train_limit, test_limit=cfg.test_limit,
+        train_limit=cfg.train_limit, test_limit=cfg.test_limit, validation=cfg.validation,
     )
 
 

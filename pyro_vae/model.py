@@ -9,7 +9,7 @@ from torch import nn
 
 from pyro_vae.components.guides import GUIDES
 from pyro_vae.components.likelihoods import LIKELIHOODS, Likelihood
-from pyro_vae.components.networks import NETWORKS
+from pyro_vae.components.networks import build_network
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.errors import UserError
 
@@ -68,7 +68,7 @@ def build_vae(cfg) -> VAE:
 
 
 def _build_vae(cfg) -> VAE:
-    network = NETWORKS[cfg.network]
+    network = build_network(cfg.network, cfg.network_options)
     guide = GUIDES[cfg.guide](cfg.latent_dim, lambda out_dim: network.encoder(out_dim, cfg.hidden_dim), **cfg.guide_options)
     prior = PRIORS[cfg.prior](cfg.latent_dim, guide, **cfg.prior_options)
     decoder = network.decoder(cfg.latent_dim, cfg.hidden_dim)

@@ -21,12 +21,13 @@ import traceback
 from pathlib import Path
 from typing import Iterator
 
-from pyro_vae.components import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS
+from pyro_vae.components import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS, SCHEDULES
 from pyro_vae.errors import UserError
 from pyro_vae.registry import RegisteredTwice
 
 # config field -> registry; the order is the order a VAE is checked in (networks first: every part uses them)
-KINDS = {"network": NETWORKS, "likelihood": LIKELIHOODS, "prior": PRIORS, "guide": GUIDES, "objective": OBJECTIVES}
+KINDS = {"network": NETWORKS, "likelihood": LIKELIHOODS, "prior": PRIORS, "guide": GUIDES, "objective": OBJECTIVES,
+         "lr_schedule": SCHEDULES}
 
 _LOADED: dict[str, dict] = {}  # resolved path -> record {"plugin", "path", "sha256", "names"}
 _OWNER: dict[tuple[str, str], dict] = {}  # (kind, name) -> the record of the plugin that registered it
@@ -193,6 +194,7 @@ def check_built(cfg, vae, objective, batch: int = 4) -> None:
         return
     import torch
 
+    from pyro_vae.components.networks import build_network
     from pyro_vae.io import seeded
 
     def require(kind: str, ok: bool, problem: str) -> None:
@@ -204,7 +206,7 @@ def check_built(cfg, vae, objective, batch: int = 4) -> None:
     device = next(vae.parameters()).device
     with blamed(cfg), seeded(0, device), torch.no_grad():
         x = torch.bernoulli(torch.full((n, pixels), 0.5, device=device))
-        encoder = KINDS["network"][cfg.network].encoder(3, cfg.hidden_dim).to(device)
+        encoder = build_network(cfg.network, cfg.network_options).encoder(3, cfg.hidden_dim).to(device)
         require("network", tuple(encoder(x).shape) == (n, 3), f"encoder maps (N, 784) to {tuple(encoder(x).shape)}, not (N, out_dim)")
         z = torch.zeros(n, z_dim, device=device)
         logits = vae.decoder(z)

@@ -86,8 +86,9 @@ class GuideContract(Protocol):
 
 
 class NetworkContract(Protocol):
-    """`NETWORKS[name]`: `encoder(out_dim, hidden_dim)` maps (..., 784) to (..., out_dim) and
-    `decoder(z_dim, hidden_dim)` maps (..., z_dim) to (..., 784) logits; leading dims pass through."""
+    """`NETWORKS[name]`, a value, or a factory called with the network's options that returns one:
+    `encoder(out_dim, hidden_dim)` maps (..., 784) to (..., out_dim) and `decoder(z_dim, hidden_dim)`
+    maps (..., z_dim) to (..., 784) logits; leading dims pass through."""
 
     encoder: "Callable[[int, int], torch.nn.Module]"
     decoder: "Callable[[int, int], torch.nn.Module]"

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.components.guides import MIN_SCALE
-from pyro_vae.components.networks import NETWORKS
+from pyro_vae.components.networks import build_network
 from pyro_vae.io import seeded
 from pyro_vae.registry import Registry
 
@@ -40,7 +40,7 @@ class Peer:
     note = ""
 
     def __init__(self, cfg, device: torch.device):
-        network = NETWORKS[cfg.network]
+        network = build_network(cfg.network, cfg.network_options)
         pyro.set_rng_seed(cfg.seed)  # build_vae builds the guide's encoder, then the decoder: the same start
         self.encoder = network.encoder(2 * cfg.latent_dim, cfg.hidden_dim).to(device)
         self.decoder = network.decoder(cfg.latent_dim, cfg.hidden_dim).to(device)

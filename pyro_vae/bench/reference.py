@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pyro_vae.bench.batching import batches
 from pyro_vae.components.guides import MIN_SCALE
-from pyro_vae.components.networks import NETWORKS
+from pyro_vae.components.networks import build_network
 from pyro_vae.training.batches import EpochInputs
 from pyro_vae.training.trainer import build_optimizer
 
@@ -20,7 +20,7 @@ KINDS = ("mc", "analytic", "ae")
 class Reference:
     """The project's networks and optimiser with a hand-written loss, batched like the Trainer.
 
-    Encoder and decoder are built from `NETWORKS[cfg.network]` after `pyro.set_rng_seed(cfg.seed)`,
+    Encoder and decoder are built from `build_network(cfg.network, cfg.network_options)` after `pyro.set_rng_seed(cfg.seed)`,
     in the order build_vae builds them (guide encoder, prior, decoder), so they start from the
     Trainer's weights. The losses are what the project's objectives compute, summed over the batch:
 
@@ -39,7 +39,7 @@ class Reference:
             raise ValueError(f"unknown reference kind {kind!r}")
         self.kind, self.z_dim = kind, cfg.latent_dim
         self.batch_size, self.seed = cfg.batch_size, cfg.seed
-        network = NETWORKS[cfg.network]
+        network = build_network(cfg.network, cfg.network_options)
         pyro.set_rng_seed(cfg.seed)
         self.encoder = network.encoder(cfg.latent_dim if kind == "ae" else 2 * cfg.latent_dim, cfg.hidden_dim).to(device)
         self.decoder = network.decoder(cfg.latent_dim, cfg.hidden_dim).to(device)

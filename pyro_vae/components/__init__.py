@@ -16,12 +16,14 @@ from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.networks import NETWORKS
 from pyro_vae.components.objectives import OBJECTIVES
 from pyro_vae.components.priors import PRIORS
+from pyro_vae.components.schedules import SCHEDULES
 
 register_prior = PRIORS.register
 register_guide = GUIDES.register
 register_likelihood = LIKELIHOODS.register
 register_objective = OBJECTIVES.register
 register_network = NETWORKS.register
+register_schedule = SCHEDULES.register
 
-__all__ = ["GUIDES", "LIKELIHOODS", "NETWORKS", "OBJECTIVES", "PRIORS", "register_guide", "register_likelihood",
-           "register_network", "register_objective", "register_prior"]
+__all__ = ["GUIDES", "LIKELIHOODS", "NETWORKS", "OBJECTIVES", "PRIORS", "SCHEDULES", "register_guide",
+           "register_likelihood", "register_network", "register_objective", "register_prior", "register_schedule"]

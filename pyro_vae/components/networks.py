@@ -1,7 +1,10 @@
-"""Encoder and decoder networks, chosen by name.
+"""Encoder and decoder networks, chosen by name, with their options (`network_options`).
 
 An encoder maps images (B, 784) to features (B, out_dim); the guide decides what the features mean.
 A decoder maps codes (..., z_dim) to Bernoulli logits (..., 784), keeping any leading particle dims.
+A registered network is a `Network` value (no options) or a factory whose keyword-only arguments are
+its options and which returns one: `mlp` takes `hidden = [200, 200]` (the widths, one per hidden
+layer; default one layer of `hidden_dim`) and `activation = "tanh"` (one of ACTIVATIONS).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import torch
 from torch import nn
 
 from pyro_vae.data import PIXELS
-from pyro_vae.registry import Registry
+from pyro_vae.errors import UserError
+from pyro_vae.registry import Registry, check_options
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,30 @@ class Network:
     decoder: Callable[[int, int], nn.Module]  # (z_dim, hidden_dim) -> module
 
 
-NETWORKS: Registry[Network] = Registry("network")
+NETWORKS: Registry[Network | Callable[..., Network]] = Registry("network")
+ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation")
+for _name, _module in (("relu", nn.ReLU), ("tanh", nn.Tanh), ("elu", nn.ELU), ("leaky-relu", nn.LeakyReLU),
+                       ("softplus", nn.Softplus), ("gelu", nn.GELU)):
+    ACTIVATIONS.register(_name)(_module)
+
+
+def build_network(name: str, options: dict) -> Network:
+    """The network `name` with its options: a registered Network value takes none."""
+    entry = NETWORKS[name]
+    if isinstance(entry, Network):
+        check_options("network", name, options, [])
+        return entry
+    return entry(**options)
+
+
+def output_bias(decoder: nn.Module) -> torch.Tensor | None:
+    """The decoder's per-pixel output bias (the last bias with one entry per pixel), or None."""
+    found = None
+    for module in decoder.modules():
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, torch.Tensor) and bias.shape == (PIXELS,):
+            found = bias
+    return found
 
 
 class _FlattenLeading(nn.Module):
@@ -37,16 +64,31 @@ class _FlattenLeading(nn.Module):
         return self.body(x.reshape(-1, self.in_dim)).reshape(*lead, self.out_dim)
 
 
-def mlp_encoder(out_dim: int, hidden_dim: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(PIXELS, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+def mlp_layers(sizes: list[int], activation: str = "relu") -> nn.Module:
+    """Linear layers through `sizes` with the activation between them (plain Linear layers broadcast
+    over leading dims already, so particle dims pass through)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [nn.Linear(a, b)] + ([ACTIVATIONS[activation]()] if i < len(sizes) - 2 else [])
+    return nn.Sequential(*layers)
 
 
-def mlp_decoder(z_dim: int, hidden_dim: int) -> nn.Module:
-    # Plain Linear layers broadcast over leading dims already.
-    return nn.Sequential(nn.Linear(z_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, PIXELS))
+@NETWORKS.register("mlp")
+def mlp(*, hidden: list[int] | None = None, activation: str = "relu") -> Network:
+    """Fully connected encoder and decoder; the decoder mirrors the encoder's hidden widths."""
+    where = "network 'mlp'"
+    if hidden is not None and (not isinstance(hidden, list) or not hidden or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in hidden)):
+        raise UserError(f"{where} option hidden must be a list of layer widths such as [200, 200], got {hidden!r}")
+    if not isinstance(activation, str):
+        raise UserError(f"{where} option activation must be a name, one of: {', '.join(ACTIVATIONS.names())}")
+    ACTIVATIONS.check(activation)
 
+    def widths(hidden_dim: int) -> list[int]:
+        return list(hidden) if hidden is not None else [hidden_dim]
 
-NETWORKS.register("mlp")(Network(mlp_encoder, mlp_decoder))
+    return Network(lambda out_dim, hidden_dim: mlp_layers([PIXELS, *widths(hidden_dim), out_dim], activation),
+                   lambda z_dim, hidden_dim: mlp_layers([z_dim, *widths(hidden_dim)[::-1], PIXELS], activation))
 
 
 def conv_encoder(out_dim: int, hidden_dim: int) -> nn.Module:

@@ -40,6 +40,7 @@ from pyro_vae.report.document import (
 from pyro_vae.report.explorer import FILE as EXPLORER
 from pyro_vae.report.explorer import write_explorer
 from pyro_vae.report.figures import make_figures
+from pyro_vae.report.published import published_blocks
 from pyro_vae.report.tables import (
     VARIANT_COLUMNS,
     all_metrics_tables,
@@ -117,11 +118,17 @@ def _setup_blocks(study: Study, results: list[dict], values: dict, variants: lis
          + {"dynamic": "(a fresh Bernoulli draw of every training image each epoch; one fixed draw of the test images)",
             "fixed": "(one seeded Bernoulli draw of the training images; one fixed draw of the test images)",
             "none": "(grey values used as Bernoulli means)"}.get(cfg["binarize"], "") + "."],
-        [f"Network: {cfg['network']} encoder/decoder, hidden width {cfg['hidden_dim']}; latent size "
-         + "/".join(str(d) for d in dict.fromkeys(r["config"]["latent_dim"] for r in results))
+        [f"Network: {cfg['network']} encoder/decoder, "
+         + (f"options {fmt_value(cfg['network_options'])}" if cfg.get("network_options") else f"hidden width {cfg['hidden_dim']}")
+         + (f", decoder output bias from the training mean" if cfg.get("output_bias") == "data-mean" else "")
+         + "; latent size " + "/".join(str(d) for d in dict.fromkeys(r["config"]["latent_dim"] for r in results))
          + f"; likelihood {cfg['likelihood']}."],
         [f"Training: {'/'.join(str(e) for e in dict.fromkeys(r['config']['epochs'] for r in results))} epoch(s), batch size "
-         f"{cfg['batch_size']}, Adam lr {cfg['lr']:g}, objective "
+         f"{cfg['batch_size']}, Adam lr {cfg['lr']:g}"
+         + (f" on the {cfg['lr_schedule']} schedule {fmt_value(cfg.get('lr_schedule_options') or {})}"
+            if cfg.get("lr_schedule", "constant") != "constant" else "")
+         + (f", {cfg['validation']} training images held out for validation" if cfg.get("validation") else "")
+         + ", objective "
          + "/".join(dict.fromkeys(r["config"]["objective"] for r in results))
          + f" with {cfg['num_particles']} particle(s); seeds {', '.join(map(str, sorted({r['seed'] for r in results})))}."]
         + ([" Changed on the command line: " + _overrides_text(study.overrides) + "."] if study.overrides else []),
@@ -273,6 +280,7 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
                                  "The study file states no claims ([claims.NAME] tables)")
                                 + ", so no claim is judged; the tables and figures below compare all variants.", "note"))
     blocks += _setup_blocks(study, results, values, variants)
+    blocks += published_blocks(study.published, values, results)
 
     blocks.append(Heading(2, "All variants compared"))
     table, warnings = comparison_table(variants, values, context)

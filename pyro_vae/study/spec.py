@@ -15,6 +15,7 @@
     metrics = ["mean_norm", "gaussian_kl"]
     [evaluation]      # optional: EvalSettings
     [resources]       # optional: what one run asks of a Ray cluster (cpus = 1, gpus = 0.25)
+    [published]       # optional: published values the report prints beside ours (pyro_vae.study.published)
 
 RUNS_DIR/<variant>/seed-<seed>/ holds one run folder each, and RUNS_DIR/study.json the resolved study.
 """
@@ -32,6 +33,7 @@ from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import EvalSettings
 from pyro_vae.io import read_json, read_toml
 from pyro_vae.study.claims import ClaimSpec, parse_claims
+from pyro_vae.study.published import check_published
 from pyro_vae.study.resources import check_resources
 
 __all__ = ["Study", "STUDY_FILE"]
@@ -41,7 +43,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 # Names a variant's folder may not take in RUNS_DIR: the study's own files and the default report folder.
 RESERVED = {STUDY_FILE, "report", ".lock"}
 COMPARE_KEYS = {"baseline", "candidate"}
-_TABLES = ("base", "compare", "evaluation", "claims")
+_TABLES = ("base", "compare", "evaluation", "claims", "published")
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Study:
     resources: dict = field(default_factory=dict)  # per run on Ray; see pyro_vae.study.resources
     plugins: list[str] = field(default_factory=list)  # files (absolute paths) and modules to import first
     tensorboard: bool = False  # TensorBoard event files in every run folder
+    published: dict = field(default_factory=dict)  # the [published] table, checked
 
     def plugin_records(self) -> list[dict]:
         return plugins.load_all(self.plugins)
@@ -84,7 +87,7 @@ class Study:
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "Study":
         known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims", "resources",
-                 "plugins", "tensorboard", "overrides"}
+                 "plugins", "tensorboard", "overrides", "published"}
         if not isinstance(d, dict):
             raise UserError(f"{source} must be a table of study settings (name, seeds, [base], [variants.NAME])")
         if set(d) - known:
@@ -125,6 +128,7 @@ class Study:
             evaluation=dict(d.get("evaluation", {})), claims=d.get("claims", {}),
             resources=check_resources(dict(d.get("resources", {})), f"[resources] of {source}"), plugins=specs,
             tensorboard=d.get("tensorboard", False), overrides=dict(d.get("overrides", {})),
+            published=check_published(dict(d.get("published", {})), source),
         )
         for variant in study.variants:  # every cell must be a valid config and model before anything runs
             _check_variant(study.config(variant, study.seeds[0]), variant, source)
@@ -149,10 +153,10 @@ def _check_variant(cfg: TrainConfig, variant: str, source: str) -> None:
     study's need of at least one epoch, found before anything trains or is written."""
     if cfg.epochs < 1:
         raise UserError(f"[variants.{variant}] of {source} trains {cfg.epochs} epochs; a study trains at least 1")
-    from pyro_vae.model import build_vae
+    from pyro_vae.training.trainer import check
 
     try:  # a narrow copy: the combination is what is checked, not the memory of the full width
-        build_vae(dataclasses.replace(cfg, hidden_dim=min(cfg.hidden_dim, 8)))
+        check(dataclasses.replace(cfg, hidden_dim=min(cfg.hidden_dim, 8)))
     except UserError as e:
         raise UserError(f"[variants.{variant}] of {source}: {e}") from None
     except (ValueError, TypeError, KeyError, RuntimeError, NotImplementedError) as e:

@@ -15,7 +15,9 @@ from tqdm import tqdm
 
 from pyro_vae import data as data_mod
 from pyro_vae import plugins
+from pyro_vae.components.networks import output_bias
 from pyro_vae.components.objectives import OBJECTIVES
+from pyro_vae.components.schedules import SCHEDULES
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_data
 from pyro_vae.errors import DivergedError, UserError
@@ -69,6 +71,9 @@ class Trainer:
             self.vae = build_vae(cfg).to(self.device)
             self.objective = build_objective(cfg)
         plugins.check_built(cfg, self.vae, self.objective)
+        if cfg.output_bias == "data-mean":
+            _bias_from_data(self.vae, dataset.train_x)
+        self.schedule = SCHEDULES[cfg.lr_schedule](**cfg.lr_schedule_options)
         self.optimizer = build_optimizer(self.vae.parameters(), cfg.lr, self.device)
         if jit is None:
             jit = jit_wanted()
@@ -76,6 +81,7 @@ class Trainer:
         self.binarization = data_mod.BINARIZATIONS[cfg.binarize]
         self.train_x = dataset.train_x.to(self.device)
         self.test_obs = self.binarization.test(dataset.test_x.to(self.device), cfg.seed)
+        self.valid_obs = None if dataset.valid_x is None else self.binarization.test(dataset.valid_x.to(self.device), cfg.seed)
         self.epoch = 0
         self.inputs = EpochInputs(self.binarization, self.train_x, cfg.seed, cfg.epochs)
         self.tensorboard = tensorboard
@@ -126,6 +132,9 @@ class Trainer:
         cfg, n = self.cfg, len(self.train_x)
         epoch = self.epoch + 1
         self.vae.beta = self.beta_at(epoch)
+        self.lr = cfg.lr * self.schedule(epoch, cfg.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
         started = time.perf_counter()
         observed, order = self.inputs(epoch)
         self.input_seconds = time.perf_counter() - started  # what the epoch waited for its inputs (the bench reads it)
@@ -183,6 +192,10 @@ class Trainer:
             beta, self.vae.beta = self.vae.beta, self.cfg.beta  # test numbers use the final beta, comparable across epochs
             test_elbo = objective_per_image(self.vae, self.objective, self.test_obs, self.cfg.seed)
             line = {"epoch": self.epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "beta": beta, "epoch_seconds": seconds}
+            if self.valid_obs is not None:
+                line["valid_elbo"] = objective_per_image(self.vae, self.objective, self.valid_obs, self.cfg.seed)
+            if self.cfg.lr_schedule != "constant":
+                line["lr"] = self.lr
             # The checkpoint first: metrics.jsonl never claims an epoch whose checkpoint was not written.
             try:
                 runs.save_checkpoint(self.run, self.state())
@@ -205,14 +218,26 @@ class Trainer:
         return lines
 
 
+@torch.no_grad()
+def _bias_from_data(vae: VAE, train_x: torch.Tensor) -> None:
+    """The decoder's output bias set to the logit of the mean training pixel (Burda et al. 2015), so the
+    untrained decoder already draws the average image."""
+    bias = output_bias(vae.decoder)
+    mean = train_x.double().mean(0).clamp(1e-3, 1 - 1e-3)
+    bias.copy_(torch.log(mean) - torch.log1p(-mean))
+
+
 def check(cfg: TrainConfig) -> TrainConfig:
     """Everything about a config that can be checked without data: its values, and that its model and
     objective can be built (e.g. the vamp prior needs a guide with an encoder network). Cheap, so it
     runs before data is loaded and before any folder is written."""
     cfg.validate()
     with seeded(cfg.seed), plugins.blamed(cfg):  # the throwaway model draws from its own stream, not the run's
-        build_vae(cfg)
+        vae = build_vae(cfg)
         build_objective(cfg)
+    if cfg.output_bias == "data-mean" and output_bias(vae.decoder) is None:
+        raise UserError(f"output-bias data-mean needs a decoder whose last bias has one entry per pixel; network "
+                        f"{cfg.network!r} has none: use output-bias default")
     return cfg
 
 

@@ -387,3 +387,40 @@ def test_every_train_config_field_has_a_report_column_or_a_reason(built):
     with open(out / "results.csv", newline="") as f:
         header = next(csv.reader(f))
     assert header[3:3 + len(CONFIG_COLUMNS)] == CONFIG_COLUMNS
+
+
+def test_published_numbers_stand_beside_ours(study_runs, tmp_path):
+    """A [published] table: each row's published value, ours from results.json, their difference, the
+    epochs and steps trained, and the ordering of the rows we ran against the paper's."""
+    study, runs_dir = study_runs
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    record = json.loads((copy / "study.json").read_text())
+    record["published"] = {"source": "A paper, Table 9", "metric": "recon_bce", "values": {"AE": 100.0, "VAE": 120.0, "IWAE-50": 80.0},
+                           "note": "Their budget was larger."}
+    (copy / "study.json").write_text(json.dumps(record))
+    build_report(copy, tmp_path / "report", log=_quiet)
+    text = (tmp_path / "report" / "report.md").read_text()
+    section = text[text.index("## Against the published numbers"):]
+    section = section[: section.index("\n## ", 1)]
+    assert "A paper, Table 9. Their budget was larger." in section
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    ours = {v: sum(r["evaluation"]["recon_bce"] for r in results if r["variant"] == v) / 2 for v in ("AE", "VAE")}
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| row")}
+    assert rows["IWAE-50"][1] == "not run here"
+    for v, published in (("AE", 100.0), ("VAE", 120.0)):
+        assert rows[v][0] == f"{published:g}" and "(95%, 2 seeds)" in rows[v][1]
+        assert float(rows[v][2].replace("−", "-").replace("+", "")) == pytest.approx(ours[v] - published, rel=1e-3)
+        assert rows[v][3] == "1" and rows[v][4] == "6"  # 1 epoch of 600 images at batch 100
+    # recon_bce: lower is better, yet the published order sorts by value (VAE above AE); the check reports ours.
+    gap = ours["VAE"] - ours["AE"]
+    assert f"VAE − AE: ours {'+' if gap > 0 else '−'}" in section and "published +20" in section
+
+
+def test_a_bad_published_table_is_refused_when_the_study_is_read():
+    for table, problem in (({"source": "x", "metric": "log_px_is"}, "needs source, metric and values"),
+                           ({"source": "x", "metric": "nats", "values": {"VAE": 1.0}}, "unknown metric 'nats'"),
+                           ({"source": "x", "metric": "log_px_is", "values": {"VAE": "high"}}, "variant name = number")):
+        with pytest.raises(UserError, match=problem):
+            Study.from_dict({**STUDY, "published": table}, "bad.toml")
