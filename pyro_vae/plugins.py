@@ -167,10 +167,12 @@ def _components(cfg) -> list[tuple[str, str, dict]]:
 
 
 @contextlib.contextmanager
-def blamed(cfg) -> Iterator[None]:
-    """Turn an exception from a plugin's code (while building or checking a model) into a one-line
-    UserError naming the plugin: the one whose file is deepest in the traceback, else every plugin
-    component the config uses."""
+def blamed(cfg, in_plugin_code: bool = False) -> Iterator[None]:
+    """Turn an exception from a plugin's code into a one-line UserError naming the plugin: the one
+    whose file is deepest in the traceback, else (while building or checking a model, where a plugin's
+    arguments may fail inside torch) the first plugin component the config uses. With
+    `in_plugin_code` (training, evaluation) only an exception raised through a plugin's own file is
+    blamed on it; any other propagates as it is."""
     try:
         yield
     except UserError:
@@ -182,6 +184,8 @@ def blamed(cfg) -> Iterator[None]:
         files = {Path(r["path"]).resolve(): (kind, name, r) for kind, name, r in used}
         frames = [Path(f.filename).resolve() for f in traceback.extract_tb(e.__traceback__)]
         hit = [files[f] for f in frames if f in files]
+        if in_plugin_code and not hit:
+            raise
         kind, name, r = hit[-1] if hit else used[0]
         raise UserError(f"plugin {r['plugin']}: {kind} {name!r} raised {type(e).__name__}: {_one_line(e)}{_where(e, r['path'])}") from None
 

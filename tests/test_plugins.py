@@ -17,6 +17,7 @@ from pyro_vae.cli import main
 from pyro_vae.components import PRIORS
 from pyro_vae.errors import UserError
 from pyro_vae.model import build_vae
+from pyro_vae.training import runs
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--train-limit", "500", "--test-limit", "200", "--batch-size", "100", "--hidden-dim", "32", "--no-progress"]
@@ -123,6 +124,47 @@ def test_a_plugin_raising_in_its_constructor_is_named(tmp_path, capsys, forget):
     code, err = cli(capsys, "train", "--plugin", path, "--guide", "test-raising", "--out", tmp_path / "r", *SMALL)
     assert code == 2 and err.count("\n") == 1
     assert f"plugin {path}: guide 'test-raising' raised RuntimeError: no encoder for you (line 8)" in err
+
+
+def test_a_plugin_failing_inside_the_training_loop_is_named_and_the_last_checkpoint_kept(tmp_path, capsys, forget):
+    """An objective that passes the model check and raises at its 8th call, in the second epoch's
+    training steps (5 steps per epoch): one line naming the plugin and its line, no traceback, and
+    the first epoch's checkpoint kept."""
+    path = write(tmp_path / "tiring.py", '''
+        import pyro
+        from pyro_vae import register_objective
+
+        class Tiring:
+            def __init__(self, num_particles):
+                self.calls, self.elbo = 0, pyro.infer.Trace_ELBO(num_particles=num_particles)
+
+            def differentiable_loss(self, model, guide, x):
+                self.calls += 1
+                if self.calls == 8:
+                    raise FloatingPointError("tired after seven calls")
+                return self.elbo.differentiable_loss(model, guide, x)
+
+        register_objective("test-tiring")(Tiring)
+        ''')
+    code, err = cli(capsys, "train", "--plugin", path, "--objective", "test-tiring", "--epochs", "3", "--out", tmp_path / "r", *SMALL)
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last == f"pyro-vae: error: plugin {path}: objective 'test-tiring' raised FloatingPointError: tired after seven calls (line 12)", err
+    assert len(runs.read_metrics(tmp_path / "r")) == 1 and (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_a_fault_in_the_loop_outside_any_plugin_is_not_blamed_on_one(tmp_path, forget):
+    path = write(tmp_path / "laplace.py", LAPLACE.format(name="test-innocent", extra=0))
+    plugins.load_all([str(path)])
+    from pyro_vae.config import TrainConfig
+
+    cfg = TrainConfig(prior="test-innocent")
+    with pytest.raises(KeyError, match="ours"):
+        with plugins.blamed(cfg, in_plugin_code=True):
+            raise KeyError("ours")
+    with pytest.raises(UserError, match="prior 'test-innocent' raised KeyError"):
+        with plugins.blamed(cfg):  # building a model: blamed on the plugin the config uses
+            raise KeyError("ours")
 
 
 @pytest.mark.slow

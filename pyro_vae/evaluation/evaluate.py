@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from pyro_vae import plugins
 from pyro_vae.config import SEED_LIMIT
 from pyro_vae.data import BINARIZATIONS, Data, cache_subdir
 from pyro_vae.errors import UserError
@@ -170,13 +171,14 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scor
     The run folder is locked meanwhile (a read-only one is refused before the work), and the data
     must be what config.json says the run was trained on."""
     with runs.locked(run_dir), flush_denormals():
-        return _evaluate_run(run_dir, settings or EvalSettings(), scorer, data, log)
+        started = time.perf_counter()
+        run = load_run(run_dir)
+        with plugins.blamed(run.config, in_plugin_code=True):  # a plugin's fault: one line naming it
+            return _evaluate_run(run, settings or EvalSettings(), scorer, data, log, started)
 
 
-def _evaluate_run(run_dir: str | Path, settings: EvalSettings, scorer: Scorer | None, data: Data | None,
-                  log: Callable[[str], None]) -> dict:
-    started = time.perf_counter()
-    run: Run = load_run(run_dir)
+def _evaluate_run(run: Run, settings: EvalSettings, scorer: Scorer | None, data: Data | None,
+                  log: Callable[[str], None], started: float) -> dict:
     cfg, vae = run.config, run.vae
     data = data or run.data()
     runs.check_data(run.path, run.record, data.provenance)

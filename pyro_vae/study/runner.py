@@ -93,7 +93,7 @@ def _run_study(study: Study, runs_dir: Path, log: Callable[[str], None], executi
 
 
 # What a run's data depends on: runs that agree on these are evaluated on one copy of it.
-DATA_KEYS = ("dataset", "data_dir", "test_fraction", "split_seed", "train_limit", "test_limit")
+DATA_KEYS = ("dataset", "data_dir", "test_fraction", "split_seed", "train_limit", "test_limit", "validation")
 
 
 def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None], cells: list[tuple[str, int]] | None = None) -> None:

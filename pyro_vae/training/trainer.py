@@ -179,7 +179,7 @@ class Trainer:
         return values.sum(dtype=torch.float64)
 
     def fit(self, progress: bool = True) -> list[dict]:
-        with flush_denormals():
+        with flush_denormals(), plugins.blamed(self.cfg, in_plugin_code=True):  # a plugin's fault: one line naming it
             return self._fit(progress)
 
     def _fit(self, progress: bool) -> list[dict]:
