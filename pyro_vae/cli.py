@@ -199,7 +199,7 @@ def _execution(args: argparse.Namespace):
 def _study(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pyro_vae.report.build import build_report
+    from pyro_vae.report.build import build_report, check_report_folder
     from pyro_vae.training import runs
     from pyro_vae.study.overrides import parse_seeds, with_overrides
     from pyro_vae.study.runner import Study, run_study
@@ -208,8 +208,8 @@ def _study(args: argparse.Namespace) -> int:
     settings.update({key: value for key, value in (("epochs", args.epochs), ("data_dir", args.data_dir)) if value is not None})
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     study = with_overrides(Study.load(args.study), args.study, settings, seeds)
-    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():  # before hours of training
-        raise UserError(f"{args.report} exists and is not a folder; choose another --report")
+    if args.report:  # before hours of training
+        check_report_folder(Path(args.report), "--report")
     study.plugins = [r["plugin"] for r in args.plugin_records] + study.plugins  # runs record both
     study.tensorboard = study.tensorboard or args.tensorboard
     if study.tensorboard:

@@ -412,8 +412,16 @@ BINARIZATIONS.register("fixed")(Binarization(
 BINARIZATIONS.register("none")(Binarization(lambda x, seed, epoch: x, lambda x, seed: x))
 
 
+# The TrainConfig settings load_data reads: runs that agree on these see the same data.
+DATA_SETTINGS = ("dataset", "data_dir", "test_fraction", "split_seed", "train_limit", "test_limit", "validation")
+
+
+def data_key(cfg) -> tuple:
+    return tuple(getattr(cfg, name) for name in DATA_SETTINGS)
+
+
 def load_data(cfg) -> Data:
-    """The data a TrainConfig names, split and limited as it says."""
+    """The data a TrainConfig names, split and limited as it says (see DATA_SETTINGS)."""
     return load(
         cfg.dataset, cfg.data_dir, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
         train_limit=cfg.train_limit, test_limit=cfg.test_limit, validation=cfg.validation,

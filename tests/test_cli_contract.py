@@ -138,6 +138,15 @@ CASES = [
     Case("a report over a file", lambda r, b, h, m: ["report", str(r), "--out", str(_write(r / "report", "x"))], "is not a folder"),
     Case("study --report over a file, before any training", lambda r, b, h, m: _study(r, STUDY_HEAD + "[variants.A]\n")
          + ["--report", str(_write(r / "rep", "x"))], "is not a folder; choose another --report"),
+    Case("report --out under a file", lambda r, b, h, m: ["report", str(_copy(b, r)), "--out", str(_write(r / "f", "x") / "rep")],
+         "is not a folder; choose another --out"),
+    Case("overlong report --out", lambda r, b, h, m: ["report", str(_copy(b, r)), "--out", str(r / ("a" * 300) / "rep")],
+         "cannot be used (File name too long)"),
+    Case("overlong study --report, before any training", lambda r, b, h, m: _study(r, STUDY_HEAD + "[variants.A]\n")
+         + ["--report", str(r / ("a" * 300) / "rep")], "cannot be used (File name too long); choose another --report"),
+    Case("evaluate a folder that does not exist", lambda r, b, h, m: ["evaluate", str(r / "typo" / "run")], "does not exist"),
+    Case("report of a run whose config.json is a list", lambda r, b, h, m: ["report", str(_write(_copy(b, r) / "config.json", "[]").parent),
+         "--out", str(r / "rep")], "config.json is damaged"),
     Case("report of a file instead of a study folder", lambda r, b, h, m: ["report", str(_write(r / "f", "x")), "--out", str(r / "rep")],
          "does not exist"),
     # damaged run files

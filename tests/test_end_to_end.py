@@ -68,7 +68,9 @@ def test_study_then_report_from_the_command_line(tmp_path):
     text = (tmp_path / "report2" / "report.md").read_text()
     assert f"> **Verdict: {outcome}** — primary test Gaussian KL to N(0,I) of VAE against AE" in text
     assert "2 seeds" in text.split("> **Verdict: ")[1].splitlines()[0]
-    assert f"- Claim 1 (Centred: VAE beats AE): **{outcome}** (2 seeds)." in text
+    from pyro_vae.report.verdicts import MEANING
+
+    assert f"- Claim 1 (Centred: VAE beats AE): **{outcome}** (2 seeds): {MEANING[outcome]}; primary test Gaussian KL" in text
 
 
 @pytest.mark.slow

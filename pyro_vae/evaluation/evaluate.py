@@ -170,7 +170,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scor
 
     The run folder is locked meanwhile (a read-only one is refused before the work), and the data
     must be what config.json says the run was trained on."""
-    with runs.locked(run_dir), flush_denormals():
+    with runs.locked(run_dir, create=False), flush_denormals():
         started = time.perf_counter()
         run = load_run(run_dir)
         with plugins.blamed(run.config, in_plugin_code=True):  # a plugin's fault: one line naming it

@@ -194,20 +194,28 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str],
     """Report on a study's finished runs (evaluating what lacks an evaluation, never training); returns
     report.html. Missing or unfinished runs are listed at the top of the report."""
     runs_dir = Path(runs_dir)
-    _check_out(Path(out_dir))
+    check_report_folder(Path(out_dir))
     return _build(Study.from_runs_dir(runs_dir), runs_dir, Path(out_dir), log)
 
 
 def build_runs_report(run_dirs: list[str | Path], out_dir: str | Path, log: Callable[[str], None] = _stderr) -> Path:
     """Report on any run folders side by side, each a variant named after its folder; returns report.html."""
-    _check_out(Path(out_dir))
+    check_report_folder(Path(out_dir))
     return _build(study_from_runs(run_dirs), Path(), Path(out_dir), log)
 
 
-def _check_out(out_dir: Path) -> None:
-    """Before anything is read or evaluated: the report goes into a folder."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a folder; choose another --out for the report")
+def check_report_folder(out_dir: Path, flag: str = "--out") -> None:
+    """Before anything is read, trained or evaluated: the report can go into this folder (it is, or can
+    become, a folder: no file on its path, a path the system accepts)."""
+    try:
+        for folder in (out_dir, *out_dir.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise UserError(f"{folder} exists and is not a folder; choose another {flag} for the report")
+                break
+    except OSError as e:
+        raise UserError(f"{flag} {out_dir} cannot be used ({e.strerror}); choose another {flag} for the report") from None
+
 
 
 def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], None]) -> Path:

@@ -21,7 +21,7 @@ from pyro_vae.report.document import (
 )
 from pyro_vae.report.tables import DASH, fmt_pm, fmt_signed
 from pyro_vae.study.claims import CLAIM_RULE, Claim, Row
-from pyro_vae.study.statistics import FAILS, HOLDS, NOT_JUDGED
+from pyro_vae.study.statistics import FAILS, HOLDS, INCONCLUSIVE, NOT_JUDGED
 
 __all__ = ["glance_blocks", "claim_blocks", "fmt_p", "primary_text"]
 
@@ -59,11 +59,21 @@ def primary_text(claim: Claim) -> str:
     return f"primary test {what}: {fmt_signed(t.estimate)}, 95% interval {_interval(row)}, p {fmt_p(t.p)}, {seeds}{dropped}"
 
 
+# What each outcome says about the claim, in words.
+MEANING = {
+    HOLDS: "the measurements support the claim",
+    FAILS: "the measurements contradict the claim: here it is wrong",
+    INCONCLUSIVE: "the measurements cannot tell either way at this number of seeds: neither shown nor refuted",
+    NOT_JUDGED: "not tested",
+}
+
+
 def glance_blocks(claims: list[Claim]) -> list[Block]:
     items: list[Inline] = []
     for i, c in enumerate(claims, 1):
         rests = f"{c.n} seed{'s' * (c.n != 1)}" if c.verdict != NOT_JUDGED else c.reason
-        items.append([f"Claim {i} ({c.title}): ", ("b", c.verdict), f" ({rests})."])
+        items.append([f"Claim {i} ({c.title}): ", ("b", c.verdict), f" ({rests}): {MEANING[c.verdict]}; "
+                      f"{primary_text(c)}."])
     return [Heading(2, "Verdicts at a glance"), Bullets(items)]
 
 

@@ -73,10 +73,10 @@ _LOADED: dict[tuple, tuple] = {}
 
 
 def _data_and_scorer(cfg: TrainConfig, log: Callable[[str], None]):
-    from pyro_vae.data import load_data
+    from pyro_vae.data import data_key, load_data
     from pyro_vae.evaluation.evaluate import Scorer
 
-    key = (cfg.dataset, cfg.data_dir, cfg.test_fraction, cfg.split_seed, cfg.train_limit, cfg.test_limit)  # load_data's inputs
+    key = data_key(cfg)
     if key not in _LOADED:
         data = load_data(cfg)
         _LOADED.clear()

@@ -45,8 +45,11 @@ def _evaluation_settings(paths: list[Path]) -> dict:
     alike are not evaluated again; runs evaluated otherwise are re-evaluated to match."""
     for path in paths:
         if (path / runs.EVALUATION).exists():
-            return dict(read_json(path / runs.EVALUATION).get("settings", {}))
-    return {}
+            record = read_json(path / runs.EVALUATION)
+            settings = record.get("settings") if isinstance(record, dict) else None
+            if isinstance(settings, dict):
+                return dict(settings)
+    return {}  # none readable: evaluate with the defaults (a damaged evaluation.json is evaluated again)
 
 
 def study_from_runs(run_dirs: list[str | Path]) -> RunFolders:
@@ -58,7 +61,7 @@ def study_from_runs(run_dirs: list[str | Path]) -> RunFolders:
     names = _names(paths)
     variants, seeds = {}, {}
     for name, path in zip(names, paths):
-        config = read_json(path / runs.CONFIG)["config"]
+        config = runs.read_config(path)[0].to_dict()  # a damaged config.json is a one-line error naming it
         seeds[name] = config.pop("seed")
         variants[name] = config
     return RunFolders(name="runs", title=f"Runs compared: {', '.join(names)}", description="",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import load_data
+from pyro_vae.data import data_key, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import Scorer, evaluate_run, read_evaluation
 from pyro_vae.io import atomic_write_json, read_json
@@ -93,9 +93,6 @@ def _run_study(study: Study, runs_dir: Path, log: Callable[[str], None], executi
 
 
 # What a run's data depends on: runs that agree on these are evaluated on one copy of it.
-DATA_KEYS = ("dataset", "data_dir", "test_fraction", "split_seed", "train_limit", "test_limit", "validation")
-
-
 def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None], cells: list[tuple[str, int]] | None = None) -> None:
     """Evaluate every run (of `cells`, default all) whose evaluation is missing, damaged or older than its
     checkpoint, each on its own data (variants may differ in dataset or split; data and classifier are
@@ -110,7 +107,7 @@ def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None], cel
     started = time.perf_counter()
     for i, (variant, seed, run) in enumerate(stale, 1):
         cfg = study.config(variant, seed)
-        key = tuple(getattr(cfg, k) for k in DATA_KEYS)
+        key = data_key(cfg)
         if key not in loaded:
             data = load_data(cfg)
             loaded[key] = (data, Scorer(data, cfg.dataset, log))

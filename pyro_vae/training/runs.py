@@ -102,8 +102,9 @@ def prepare(out: Path, force: bool) -> Path:
 
 
 @contextlib.contextmanager
-def locked(folder: str | Path) -> Iterator[Path]:
-    """Hold an OS lock on `folder` (created if missing) while a process trains or writes there.
+def locked(folder: str | Path, create: bool = True) -> Iterator[Path]:
+    """Hold an OS lock on `folder` (created if missing, unless `create` is False: then a missing
+    folder is an error) while a process trains or writes there.
 
     flock is released by the kernel when the holder exits in any way, so a lock left by a dead
     process is never in force. The lock file names the holder's pid for the message a second
@@ -113,6 +114,8 @@ def locked(folder: str | Path) -> Iterator[Path]:
     try:
         if folder.is_symlink():
             raise UserError(f"{folder} is a symbolic link; give the real folder")
+        if not create and not folder.is_dir():
+            raise UserError(f"{folder} does not exist or is not a folder; give a trained run folder")
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {folder}: {os_fix(e)}") from None
@@ -166,7 +169,7 @@ def check_data(run: Path, record: dict, provenance: dict) -> None:
         for field in ("images_sha256", "labels_sha256", "images_content_sha256"):
             if field in saved and field in found and saved[field] != found[field]:
                 raise UserError(f"the data found now differs from the data {run} was trained on ({key} {field.split('_')[0]}); "
-                                "point --data-dir or PYRO_VAE_DATA at the original data")
+                                "make the original data available where the run's data_dir or PYRO_VAE_DATA points")
 
 
 def append_metrics(run: Path, line: dict) -> None:
@@ -194,9 +197,12 @@ def read_metrics(run: Path) -> list[dict]:
     return lines
 
 
-def truncate_metrics(run: Path, epochs: int) -> None:
-    """Keep only the lines of epochs a checkpoint holds (a crash can fall between the two writes)."""
+def truncate_metrics(run: Path, epochs: int, last: dict | None = None) -> None:
+    """Keep only the lines of epochs a checkpoint holds (a crash can fall between the two writes), and
+    restore the checkpoint's own line (`last`, epoch `epochs`) where its write failed."""
     kept = [m for m in read_metrics(run) if m["epoch"] <= epochs]
+    if isinstance(last, dict) and last.get("epoch") == epochs and (kept[-1]["epoch"] if kept else 0) == epochs - 1:
+        kept.append(last)
     atomic_write_bytes(Path(run) / METRICS, "".join(json.dumps(m) + "\n" for m in kept).encode())
 
 

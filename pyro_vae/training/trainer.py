@@ -175,7 +175,7 @@ class Trainer:
             kept = (f"the checkpoint of epoch {self.epoch} in {self.run} is kept" if self.epoch
                     else f"no epoch finished, so {self.run} holds no checkpoint")
             raise DivergedError(f"loss became {float(values[bad])} at step {first_step + bad} of epoch {epoch}; {kept}. "
-                                "Try a lower --lr or --beta")
+                                "Try a lower learning rate (lr) or beta")
         return values.sum(dtype=torch.float64)
 
     def fit(self, progress: bool = True) -> list[dict]:
@@ -197,13 +197,18 @@ class Trainer:
             if self.cfg.lr_schedule != "constant":
                 line["lr"] = self.lr
             # The checkpoint first: metrics.jsonl never claims an epoch whose checkpoint was not written.
+            # The checkpoint carries its epoch's line, so a line whose write failed is restored on resume.
             try:
-                runs.save_checkpoint(self.run, self.state())
-                runs.append_metrics(self.run, line)
+                runs.save_checkpoint(self.run, {**self.state(), "metrics": line})
             except WriteError as e:
                 kept = f"the checkpoint of epoch {self.epoch - 1} is kept" if self.epoch > 1 else "no checkpoint was written"
                 raise WriteError(f"{e}; epoch {self.epoch} is lost, {kept}: continue with --resume {self.run} "
                                  "once there is room") from None
+            try:
+                runs.append_metrics(self.run, line)
+            except WriteError as e:
+                raise WriteError(f"{e}; the checkpoint of epoch {self.epoch} was written, its line in {runs.METRICS} was not: "
+                                 f"continue with --resume {self.run} once there is room (it restores the line)") from None
             lines.append(line)
             if self.tensorboard:
                 self.board = self.board or board.EpochBoard(self.run, self.train_x, self.test_obs, self.binarization, self.cfg.seed, self.epoch - 1)
@@ -283,10 +288,11 @@ def resume(run: str | Path, epochs: int | None = None, progress: bool = True, lo
     runs.check_data(run, record, dataset.provenance)
     trainer = Trainer(cfg, run, dataset, log, tensorboard=tensorboard)
     with runs.locked(run):
-        trainer.restore(runs.load_checkpoint(run, cfg.device))
+        state = runs.load_checkpoint(run, cfg.device)
+        trainer.restore(state)
         if epochs is not None and epochs < trainer.epoch:
             raise UserError(f"{run} has trained {trainer.epoch} epochs already; --epochs is the new total, so give at least {trainer.epoch}")
-        runs.truncate_metrics(run, trainer.epoch)
+        runs.truncate_metrics(run, trainer.epoch, state.get("metrics"))
         if epochs is not None:
             record["config"]["epochs"] = epochs
             atomic_write_json(run / runs.CONFIG, record)

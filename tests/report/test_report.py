@@ -186,6 +186,12 @@ def test_verdicts_state_the_numbers_they_rest_on(built):
         assert f", {n} seeds" in line and "Secondary tests, Holm-corrected: " in line
     glance = text.split("## Verdicts at a glance")[1].split("##")[0]
     assert glance.count("Claim ") == 3 and "(2 seeds)" in glance and f"needs at least {MIN_SEEDS})" in glance
+    from pyro_vae.report.verdicts import MEANING
+
+    for line, claim_line in zip(verdicts, [ln for ln in glance.splitlines() if ln.startswith("- Claim ")]):
+        outcome = line.split("**Verdict: ")[1].split("**")[0]
+        assert f"**{outcome}**" in claim_line and MEANING[outcome] in claim_line, claim_line  # said in words, with its test
+        assert "primary test " in claim_line
     assert CLAIM_RULE.split(":")[0] in text and "does not hold" not in text
     assert "| test | metric | against |" in text and "| primary | share in 95% ball | target 0.95 ± 0.02 |" in text
 

@@ -35,7 +35,8 @@ def test_run_folder_contents(tmp_path):
     assert record["data"]["train_count"] == 1000 and record["data"]["test_count"] == 300
     assert {"torch", "pyro", "torchvision", "python", "pyro_vae"} <= set(record["versions"])
     state = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 1 and set(state) == {"epoch", "model", "optimizer", "rng"}
+    assert state["epoch"] == 1 and set(state) == {"epoch", "model", "optimizer", "rng", "metrics"}
+    assert state["metrics"] == runs.read_metrics(run)[0]  # the checkpoint carries its epoch's line
     loaded = load_run(run)
     x = torch.rand(5, 784)
     assert torch.equal(loaded.encode(x)[0], loaded.encode(x)[0]) and loaded.sample(4).shape == (4, 784)
@@ -225,3 +226,26 @@ def test_flushing_denormals_changes_no_loss_or_gradient_on_a_fixed_batch(mnist_s
     assert torch.tensor(1e-40) * 1 != 0  # and off again after it
     assert torch.equal(plain_loss, flushed_loss)
     assert all(torch.allclose(a, b, rtol=0, atol=1e-30) for a, b in zip(plain_grads, flushed_grads))
+
+
+def test_a_failed_metrics_write_is_told_truly_and_resume_restores_the_line(tmp_path, monkeypatch):
+    """The checkpoint of epoch 2 is written, its metrics line is not (a full disk, say): the message says
+    so, and --resume puts the line back from the checkpoint, so metrics.jsonl has no gap."""
+    from pyro_vae.io import WriteError
+
+    real = runs.append_metrics
+
+    def failing(run, line):
+        if line["epoch"] == 2:
+            raise WriteError(f"cannot write {run / runs.METRICS}: No space left on device")
+        real(run, line)
+
+    monkeypatch.setattr(runs, "append_metrics", failing)
+    with pytest.raises(WriteError, match="the checkpoint of epoch 2 was written, its line in metrics.jsonl was not"):
+        train(small_config(epochs=3), tmp_path / "run", progress=False, log=quiet)
+    assert [m["epoch"] for m in runs.read_metrics(tmp_path / "run")] == [1]
+    lost = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["metrics"]
+    monkeypatch.setattr(runs, "append_metrics", real)
+    resume(tmp_path / "run", progress=False, log=quiet)
+    metrics = runs.read_metrics(tmp_path / "run")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3] and metrics[1] == lost
