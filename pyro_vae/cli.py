@@ -80,11 +80,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=name, action="append", default=[], metavar="KEY=VALUE",
                            help=f"{text} (repeatable; the value is read as TOML)")
         else:
-            shown = "" if default is None else f" (default: {default})"
+            shown = f" (default: {'none' if name == 'data_dir' else 'all'})" if default is None else f" (default: {default})"
             p.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=text + shown)
-    p.add_argument("--config", help="TOML file with the same settings (flags override it)")
-    p.add_argument("--out", help="run folder to create")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
+    p.add_argument("--config", help="TOML file with the same settings (flags override it), e.g. my.toml (default: none)")
+    p.add_argument("--out", help="run folder to create, e.g. runs/vae")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint, e.g. runs/vae")
     p.add_argument("--force", action="store_true", help="replace a non-empty run folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files into RUN_DIR/tensorboard/")

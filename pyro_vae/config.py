@@ -24,7 +24,7 @@ def setting(default: Any, help: str, *, factory: Callable[[], Any] | None = None
 @dataclass
 class TrainConfig:
     dataset: str = setting("mnist", "dataset: {datasets}")
-    data_dir: str | None = setting(None, "folder holding <Name>/raw/*-ubyte[.gz] (else $PYRO_VAE_DATA, the cache, a download)")
+    data_dir: str | None = setting(None, "folder holding <Name>/raw/*-ubyte[.gz], e.g. ~/data (else $PYRO_VAE_DATA, the cache, a download)")
     guide: str = setting("gaussian", "guide: {guides}")
     prior: str = setting("standard-normal", "prior: {priors}")
     likelihood: str = setting("bernoulli", "likelihood: {likelihoods}")
@@ -44,8 +44,8 @@ class TrainConfig:
     seed: int = setting(0, "seed for weights, batches, binarisation and noise")
     device: str = setting("cpu", "cpu or cuda")
     binarize: str = setting("dynamic", "binarisation: {binarizations}")
-    train_limit: int | None = setting(None, "use only this many training images (a seeded subset)")
-    test_limit: int | None = setting(None, "use only this many test images (a seeded subset)")
+    train_limit: int | None = setting(None, "use only this many training images (a seeded subset), e.g. 2000")
+    test_limit: int | None = setting(None, "use only this many test images (a seeded subset), e.g. 500")
     split_seed: int = setting(0, "seed of the subsets and of a train/test split carved from a single-split dataset")
     test_fraction: float = setting(0.2, "share of each class sent to test when a split is carved from one file")
     validation: int = setting(0, "training images held out (seeded) for a validation bound each epoch, e.g. 400")
