@@ -46,6 +46,13 @@ def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
     return WriteError(f"cannot write {path}: {os_fix(e)} (its previous version, if any, is intact)")
 
 
+def _default_mode() -> int:
+    """What open() would give a new file: 0o666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], mode: int | None = None) -> Path:
     """Write `path` through `write(file)` into a temporary sibling, then rename it into place.
 
@@ -61,8 +68,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], mod
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, _default_mode() if mode is None else mode)  # mkstemp's 0600 would hide reports from others
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)

@@ -27,5 +27,5 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DEFAULT_DPI) ->
     if path.name in ("", ".", ".."):
         raise ValueError(f"save_figure: {str(path)!r} is not a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, facecolor="white"), mode=0o644)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, facecolor="white"))
     return path

@@ -249,3 +249,18 @@ def test_a_failed_metrics_write_is_told_truly_and_resume_restores_the_line(tmp_p
     resume(tmp_path / "run", progress=False, log=quiet)
     metrics = runs.read_metrics(tmp_path / "run")
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and metrics[1] == lost
+
+
+def test_written_files_get_the_modes_plain_files_get(tmp_path):
+    """Atomic writes go through mkstemp (0600); the file renamed into place has open()'s mode instead,
+    so a report or run folder can be shared like any other file."""
+    import os
+
+    from pyro_vae.io import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "report.md", b"# hi\n")
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"# hi\n" and (path.stat().st_mode & 0o777) == 0o644
