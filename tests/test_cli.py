@@ -263,3 +263,13 @@ def test_study_overrides_are_checked_like_the_file(capsys, tmp_path):
         code, _, err = run_cli(capsys, "study", study, "--out", str(tmp_path / "runs"), *argv)
         assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
         assert not (tmp_path / "runs").exists(), argv
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["study", "--help"], ["train", "--bogus"], ["nosuchcommand"]])
+def test_help_and_argument_errors_import_neither_torch_nor_pyro(argv):
+    """What keeps `pyro-vae --help` and a typo under a second: torch and Pyro load only when a command
+    runs (the bench times it; this says why it is fast)."""
+    code = ("import sys\nfrom pyro_vae.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'pyro', 'numpy') if m in sys.modules))" % argv)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[]", (done.stdout, done.stderr)
