@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 import sys
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from pyro_vae.errors import DataError
-from pyro_vae.io import atomic_write_bytes
+from pyro_vae.io import atomic_write_bytes, temporaries
 from pyro_vae.registry import Registry
 
 IMAGE_MAGIC = 2051
@@ -83,11 +84,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+STALE_TEMPORARY_SECONDS = 6 * 3600  # no cache write takes this long: its temporary file is a dead writer's
+
+
 def cache_subdir(name: str) -> Path:
     """A folder in the per-user cache, created if missing, with a one-line error when it cannot be."""
     folder = cache_dir() / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        for temporary in temporaries(folder):  # a killed writer's; unlocked, so only those old enough to be dead
+            if time.time() - temporary.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                temporary.unlink(missing_ok=True)
     except OSError as e:
         raise DataError(f"cannot use the cache folder {folder} ({e.strerror}); set PYRO_VAE_CACHE to a writable folder") from None
     return folder

@@ -46,6 +46,11 @@ def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
     return WriteError(f"cannot write {path}: {os_fix(e)} (its previous version, if any, is intact)")
 
 
+def temporaries(folder: str | os.PathLike) -> list[Path]:
+    """The temporary files of atomic writes in `folder` (what a killed writer leaves behind)."""
+    return [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+
+
 def _default_mode() -> int:
     """What open() would give a new file: 0o666 less the process's umask."""
     umask = os.umask(0)

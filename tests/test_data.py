@@ -246,3 +246,21 @@ def test_drawing_the_next_epoch_ahead_changes_no_number(tmp_path):
     assert not torch.equal(first, second) and sorted(order.tolist()) == list(range(len(trainer.train_x)))
     trainer.inputs(3)
     assert trainer.inputs.ahead is None  # nothing is drawn past the last epoch
+
+
+def test_a_dead_writers_temporary_file_in_the_cache_is_swept(monkeypatch, tmp_path):
+    """A process killed while writing a cached decompression leaves `.NAME.XXXX.tmp` (tens of MB);
+    the next use of that cache folder removes it once it is old enough to be a dead writer's, and
+    leaves a fresh one (a live writer's) alone."""
+    import os
+    import time
+
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path))
+    folder = data.cache_subdir("idx")
+    stale, fresh = folder / ".train-images-idx3-ubyte.ab12cd.tmp", folder / ".t10k-images-idx3-ubyte.ef34gh.tmp"
+    stale.write_bytes(b"x" * 1000)
+    fresh.write_bytes(b"y")
+    old = time.time() - data.STALE_TEMPORARY_SECONDS - 60
+    os.utime(stale, (old, old))
+    assert data.cache_subdir("idx") == folder
+    assert not stale.exists() and fresh.exists()

@@ -27,7 +27,7 @@ from pyro_vae import plugins
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data, load_data
 from pyro_vae.errors import UserError
-from pyro_vae.io import atomic_write_bytes, os_fix, read_json, seeded
+from pyro_vae.io import atomic_write_bytes, os_fix, read_json, seeded, temporaries
 from pyro_vae.model import VAE, build_vae
 
 CONFIG, SPLIT, METRICS, CHECKPOINT, EVALUATION = "config.json", "split.json", "metrics.jsonl", "checkpoint.pt", "evaluation.json"
@@ -61,7 +61,7 @@ LOCK = ".lock"
 
 def _leftovers(folder: Path) -> list[Path]:
     """Temporary files of interrupted atomic writes (safe to remove while the folder is locked)."""
-    return [p for p in folder.glob(".*.tmp") if p.is_file()]
+    return temporaries(folder)
 
 
 def check_target(out: Path, force: bool) -> list[Path]:

@@ -1,0 +1,34 @@
+"""The reports committed in reports/: made on the official train/test split (none on a split carved from
+the test file or on the embedded sample), every number traceable to results.json, and every report with
+2-D models carrying its code-space explorer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPORTS = sorted(p.parent for p in (Path(__file__).resolve().parents[2] / "reports").glob("*/results.json"))
+
+
+def test_there_are_committed_reports():
+    assert len(REPORTS) >= 2
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=lambda p: p.name)
+def test_a_committed_report_rests_on_the_official_split(report):
+    results = json.loads((report / "results.json").read_text())
+    assert results, report
+    for row in results:
+        data = row["data"]
+        assert data["origin"] != "embedded" and data["split"] == "official train/test files", (report.name, row["run"])
+        assert row["evaluation"] and row["training_curve"], (report.name, row["run"])
+        assert len(row["training_curve"]) == row["config"]["epochs"], "a report on an unfinished run"
+    text = (report / "report.md").read_text()
+    for figure in (report / "figures").glob("*.png"):
+        assert f"figures/{figure.name}" in text, figure.name
+    if any(row["config"]["latent_dim"] == 2 for row in results):
+        explorer = report / "explorer.html"
+        assert explorer.exists() and "explorer.html" in text, report.name
+        assert explorer.stat().st_size > 100_000  # the decodes are embedded, not fetched
