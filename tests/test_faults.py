@@ -232,7 +232,10 @@ def test_a_damaged_evaluation_json_says_to_delete_it_and_evaluate_again(one_epoc
 @pytest.mark.slow
 def test_ctrl_c_in_evaluate_does_not_talk_of_epochs(one_epoch):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "evaluate", str(one_epoch)], stderr=subprocess.PIPE, text=True, env=env)
+    # A shell's background job (nohup, `&`) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the child the default disposition, as a terminal's would have.
+    p = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "evaluate", str(one_epoch)], stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in p.stderr:  # interrupt once the evaluation is under way
         if "sample-quality classifier" in line:
             break
