@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import sys
@@ -51,8 +52,10 @@ def temporaries(folder: str | os.PathLike) -> list[Path]:
     return [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
 
 
+@functools.cache
 def _default_mode() -> int:
-    """What open() would give a new file: 0o666 less the process's umask."""
+    """What open() would give a new file: 0o666 less the process's umask. Read once: reading it means
+    setting it, which another thread's file creation could see in between."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask

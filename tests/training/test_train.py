@@ -258,9 +258,13 @@ def test_written_files_get_the_modes_plain_files_get(tmp_path):
 
     from pyro_vae.io import atomic_write_bytes
 
+    from pyro_vae import io
+
     old = os.umask(0o022)
+    io._default_mode.cache_clear()  # the umask is read once per process
     try:
         path = atomic_write_bytes(tmp_path / "report.md", b"# hi\n")
     finally:
         os.umask(old)
+        io._default_mode.cache_clear()
     assert path.read_bytes() == b"# hi\n" and (path.stat().st_mode & 0o777) == 0o644
