@@ -49,6 +49,11 @@ class TrainConfig:
     split_seed: int = setting(0, "seed of the subsets and of a train/test split carved from a single-split dataset")
     test_fraction: float = setting(0.2, "share of each class sent to test when a split is carved from one file")
     validation: int = setting(0, "training images held out (seeded) for a validation bound each epoch, e.g. 400")
+    plateau_patience: int = setting(0, "train until the bound stops improving: stop after this many epochs without a gain "
+                                       "of plateau-delta, e.g. 5 (0: train every epoch; else epochs is the most)")
+    plateau_delta: float = setting(0.1, "nats per image an epoch must gain over the last improvement to count as one")
+    plateau_cuts: int = setting(0, "on a plateau, first cut the lr by plateau-factor up to this many times, e.g. 2")
+    plateau_factor: float = setting(0.3, "what each plateau cut multiplies the lr by (between 0 and 1)")
     network_options: dict = setting(None, "options of the network, e.g. hidden=[200,200] or activation=tanh for mlp", factory=dict)
     guide_options: dict = setting(None, "options of the guide, e.g. steps=2 for iaf", factory=dict)
     prior_options: dict = setting(None, "options of the prior, e.g. components=10 for mixture or vamp", factory=dict)
@@ -93,7 +98,7 @@ class TrainConfig:
             registry.check(name)
         _typed(self)
         positive = {"latent_dim": 1, "hidden_dim": 1, "batch_size": 1, "num_particles": 1, "epochs": 0, "beta_warmup_epochs": 0,
-                    "validation": 0}
+                    "validation": 0, "plateau_patience": 0, "plateau_cuts": 0}
         for name, low in positive.items():
             if getattr(self, name) < low:
                 raise UserError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
@@ -107,6 +112,10 @@ class TrainConfig:
             raise UserError(f"lr must be positive, got {self.lr}")
         if not self.beta >= 0:
             raise UserError(f"beta must be 0 or more, got {self.beta}")
+        if not (self.plateau_delta >= 0 and math.isfinite(self.plateau_delta)):
+            raise UserError(f"plateau-delta must be a finite number of nats, 0 or more, got {self.plateau_delta}")
+        if not 0 < self.plateau_factor < 1:
+            raise UserError(f"plateau-factor must be between 0 and 1 (it cuts the lr), got {self.plateau_factor}")
         for name in ("lr", "beta"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")

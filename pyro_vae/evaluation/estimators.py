@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from typing import Callable
 
 import numpy as np
 import pyro
@@ -113,14 +114,15 @@ def _default_batches(n: int, k: int, d_x: int, elem: int, batch_size: int | None
 
 @torch.no_grad()
 def log_importance_weights(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: int | None = None,
-                           chunk: int | None = None, seed: int = 0) -> torch.Tensor:
+                           chunk: int | None = None, seed: int = 0,
+                           progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """log w_ik = log p(x_i|z_ik) + log p(z_ik) - log q(z_ik|x_i), z_ik ~ q(z|x_i): a (N, K) CPU tensor.
 
     The weights are the training objectives' (:func:`pyro_vae.components.objectives.log_weights`),
     of the model and guide without beta. Images go `batch_size` at a time and their K draws `chunk`
     at a time, so one chunk decodes batch_size * chunk codes (by default sized to keep the logits
     near IS_CHUNK_BYTES). Numbers depend on seed, batch_size and chunk (the order of the random
-    draws), nothing else.
+    draws), nothing else. `progress`, if given, is called with the images done after each batch.
     """
     x, device = _prepare_sampling(vae, x, num_samples, "importance sampling")
     n, k_total = len(x), int(num_samples)
@@ -135,6 +137,8 @@ def log_importance_weights(vae, x: torch.Tensor, num_samples: int = 1000, batch_
             for j in range(0, k_total, chunk):
                 k = min(chunk, k_total - j)
                 out[i : i + len(xb), j : j + k] = log_weights(model, guide, xb, k).T.to("cpu", out.dtype)
+            if progress is not None:
+                progress(i + len(xb))
     return out
 
 
@@ -173,7 +177,8 @@ def _prepare_sampling(vae, x: torch.Tensor, num_samples: int, what: str):
 
 
 def importance_log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: int | None = None,
-                              chunk: int | None = None, seed: int = 0, psis: bool = True) -> dict:
+                              chunk: int | None = None, seed: int = 0, psis: bool = True,
+                              progress: Callable[[int], None] | None = None) -> dict:
     """Importance-weighted estimate of log p(x) per image, proposal q(z|x) (Burda et al. 2015).
 
     log p(x) ~= logsumexp_k(log w_k) - log K,   log w = log p(x|z) + log p(z) - log q(z|x).
@@ -198,7 +203,7 @@ def importance_log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, bat
     started = time.perf_counter()
     xt = torch.as_tensor(x)
     batch_size, chunk = _default_batches(n, num_samples, xt.shape[-1], 4, batch_size, chunk)
-    lw = log_importance_weights(vae, xt, num_samples, batch_size, chunk, seed)
+    lw = log_importance_weights(vae, xt, num_samples, batch_size, chunk, seed, progress)
     seconds = time.perf_counter() - started
     log_px = torch.logsumexp(lw, 1) - math.log(num_samples)
     ess = torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1))

@@ -177,6 +177,23 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scor
             return _evaluate_run(run, settings or EvalSettings(), scorer, data, log, started)
 
 
+def paced(log: Callable[[str], None], what: str, total: int, every: float = 30.0) -> Callable[[int], None]:
+    """A progress callback for long loops: given the items done, logs a line with the time left at most
+    every `every` seconds (none for work that ends sooner)."""
+    started = time.perf_counter()
+    last = [started]
+
+    def progress(done: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] < every or done >= total:
+            return
+        last[0] = now
+        left = (now - started) / done * (total - done)
+        log(f"{what}: {done:,}/{total:,} images, about {left / 60:.1f} min left")
+
+    return progress
+
+
 def _evaluate_run(run: Run, settings: EvalSettings, scorer: Scorer | None, data: Data | None,
                   log: Callable[[str], None], started: float) -> dict:
     cfg, vae = run.config, run.vae
@@ -199,7 +216,8 @@ def _evaluate_run(run: Run, settings: EvalSettings, scorer: Scorer | None, data:
     lx = x[: settings.likelihood_images]
     if not deterministic:
         result["test_elbo"] = float(estimators.elbo_per_image(vae, lx, seed=settings.seed).mean())
-        iw = estimators.importance_log_likelihood(vae, lx, num_samples=settings.num_samples, seed=settings.seed)
+        iw = estimators.importance_log_likelihood(vae, lx, num_samples=settings.num_samples, seed=settings.seed,
+                                                  progress=paced(log, f"importance sampling (K = {settings.num_samples})", len(lx)))
         result.update(log_px_is=float(iw["log_px"].mean()), pareto_k_share_above_0_7=float(iw["share_k_above_0_7"]),
                       pareto_k_median=float(np.median(np.asarray(iw["pareto_k"]))),
                       pareto_k_threshold=float(iw["k_threshold"]),

@@ -58,7 +58,9 @@ from pyro_vae.study.folders import RunFolders, study_from_runs
 from pyro_vae.study.runner import collect, evaluate_study
 from pyro_vae.study.spec import Study
 from pyro_vae.study.statistics import summarize
+from pyro_vae.config import TrainConfig
 from pyro_vae.training import runs
+from pyro_vae.training.plateau import Plateau
 
 __all__ = ["build_report", "build_runs_report"]
 
@@ -123,7 +125,7 @@ def _setup_blocks(study: Study, results: list[dict], values: dict, variants: lis
          + (f", decoder output bias from the training mean" if cfg.get("output_bias") == "data-mean" else "")
          + "; latent size " + "/".join(str(d) for d in dict.fromkeys(r["config"]["latent_dim"] for r in results))
          + f"; likelihood {cfg['likelihood']}."],
-        [f"Training: {'/'.join(str(e) for e in dict.fromkeys(r['config']['epochs'] for r in results))} epoch(s), batch size "
+        [f"Training: {_epochs_text(results)}, batch size "
          f"{cfg['batch_size']}, Adam lr {cfg['lr']:g}"
          + (f" on the {cfg['lr_schedule']} schedule {fmt_value(cfg.get('lr_schedule_options') or {})}"
             if cfg.get("lr_schedule", "constant") != "constant" else "")
@@ -161,6 +163,19 @@ def _run_data(row: dict) -> list[Inline]:
     data = row["data"]
     return [f"{row['variant']} seed {row['seed']}: ", ("b", row["config"]["dataset"]),
             f", {data.get('split', '?')}, {data.get('train_count', '?')} training / {data.get('test_count', '?')} test images"]
+
+
+def _epochs_text(results: list[dict]) -> str:
+    """The epochs the runs trained: the configured number, or the plateau rule and where it stopped each run."""
+    most = "/".join(str(e) for e in dict.fromkeys(r["config"]["epochs"] for r in results))
+    plateau = Plateau.of(TrainConfig.from_dict(results[0]["config"]))
+    if plateau is None:
+        return f"{most} epoch(s)"
+    lengths = [len(r["training_curve"]) for r in results]
+    stopped = sum(bool(r["training_curve"] and r["training_curve"][-1].get("stopped")) for r in results)
+    watched = "validation" if "valid_elbo" in results[0]["training_curve"][0] else "test"
+    return (f"{plateau.describe(watched)}, at most {most} epochs: the runs trained {min(lengths)}-{max(lengths)} epochs "
+            f"(median {sorted(lengths)[len(lengths) // 2]}); {stopped} of {len(results)} stopped by the rule, the rest at the limit")
 
 
 def _overrides_text(overrides: dict) -> str:

@@ -62,8 +62,7 @@ def _settings_of(evaluation: Path) -> dict | None:
 def make_cell(variant: str, seed: int, run: Path, cfg: TrainConfig, settings: dict, plugins: list[str] = (),
               tensorboard: bool = False) -> Cell:
     """The cell of an existing or new run folder (whose config the caller has checked)."""
-    done = len(runs.read_metrics(run)) if (run / runs.CHECKPOINT).exists() else 0
-    left = max(cfg.epochs - done, 0)
+    left = runs.epochs_left(runs.read_metrics(run) if (run / runs.CHECKPOINT).exists() else [], cfg.epochs)
     return Cell(variant, seed, str(run), cfg.to_dict(), settings, left, left > 0 or evaluation_stale(run, settings),
                 plugins=tuple(plugins), tensorboard=tensorboard)
 
@@ -103,10 +102,11 @@ def run_cell(cell: Cell, log: Callable[[str], None] = lambda m: None, progress: 
         else:
             train(cfg, run, force=True, progress=progress, log=log, plugins=records, tensorboard=cell.tensorboard)
     trained = time.perf_counter() - started
+    epochs = len(runs.read_metrics(run)) - resumed_at  # fewer than epochs_left when the plateau rule stopped it
     if cell.evaluate:
         data, scorer = _data_and_scorer(cfg, log)
         evaluate_run(run, EvalSettings.from_dict(cell.evaluation), scorer=scorer, data=data, log=log)
-    return {"variant": cell.variant, "seed": cell.seed, "resumed_at": resumed_at, "epochs": cell.epochs_left,
+    return {"variant": cell.variant, "seed": cell.seed, "resumed_at": resumed_at, "epochs": epochs,
             "evaluated": cell.evaluate, "train_seconds": trained, "seconds": time.perf_counter() - started}
 
 

@@ -239,13 +239,20 @@ def load_model_state(vae: torch.nn.Module, state: dict, run: Path) -> None:
 
 
 def is_complete(run: Path) -> bool:
-    """A run whose checkpoint holds all the epochs its config asks for."""
+    """A run whose checkpoint holds all the epochs its config asks for, or the epoch its plateau rule stopped at."""
     run = Path(run)
     if not (run / CONFIG).exists() or not (run / CHECKPOINT).exists():
         return False
     cfg, _ = read_config(run)
     metrics = read_metrics(run)
-    return bool(metrics) and metrics[-1]["epoch"] >= cfg.epochs
+    return bool(metrics) and epochs_left(metrics, cfg.epochs) == 0
+
+
+def epochs_left(metrics: list[dict], epochs: int) -> int:
+    """The epochs a run with these metrics.jsonl lines still trains towards `epochs` (0 once it stopped)."""
+    if metrics and metrics[-1].get("stopped"):
+        return 0
+    return max(epochs - (metrics[-1]["epoch"] if metrics else 0), 0)
 
 
 @dataclass

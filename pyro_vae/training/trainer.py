@@ -28,6 +28,7 @@ from pyro_vae.training import tensorboard as board
 from pyro_vae.training.batches import EpochInputs
 from pyro_vae.training.compiled import CompiledLoss, jit_wanted
 from pyro_vae.training.numerics import flush_denormals
+from pyro_vae.training.plateau import Plateau, PlateauState, watched_key
 
 EVAL_BATCH = 1000
 # The loop keeps each step's loss as a tensor and looks at them every CHECK_EVERY steps (and at the
@@ -83,6 +84,9 @@ class Trainer:
         self.test_obs = self.binarization.test(dataset.test_x.to(self.device), cfg.seed)
         self.valid_obs = None if dataset.valid_x is None else self.binarization.test(dataset.valid_x.to(self.device), cfg.seed)
         self.epoch = 0
+        self.plateau = Plateau.of(cfg)
+        self.bounds: list[float] = []  # the bound the plateau rule watches, one per epoch
+        self.plateau_state = PlateauState()
         self.inputs = EpochInputs(self.binarization, self.train_x, cfg.seed, cfg.epochs)
         self.tensorboard = tensorboard
         if tensorboard:
@@ -100,6 +104,17 @@ class Trainer:
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.epoch = state["epoch"]
+
+    def replay(self, lines: list[dict]) -> None:
+        """Where the plateau rule stood after the run's metrics.jsonl lines (one per epoch trained)."""
+        if self.plateau is not None:
+            self.bounds = [line[watched_key(line)] for line in lines]
+            self.plateau_state = self.plateau.replay(self.bounds)
+
+    @property
+    def stopped(self) -> bool:
+        """The plateau rule ended the run before its epochs."""
+        return self.plateau_state.stopped
 
     def state(self) -> dict:
         rng = {"torch": torch.get_rng_state()}
@@ -133,6 +148,8 @@ class Trainer:
         epoch = self.epoch + 1
         self.vae.beta = self.beta_at(epoch)
         self.lr = cfg.lr * self.schedule(epoch, cfg.epochs)
+        if self.plateau is not None:
+            self.lr *= self.plateau.lr_factor(self.plateau_state)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         started = time.perf_counter()
@@ -184,7 +201,7 @@ class Trainer:
 
     def _fit(self, progress: bool) -> list[dict]:
         lines = []
-        while self.epoch < self.cfg.epochs:
+        while self.epoch < self.cfg.epochs and not self.stopped:
             started = time.perf_counter()
             train_elbo = self.train_epoch(progress)
             seconds = time.perf_counter() - started
@@ -194,8 +211,9 @@ class Trainer:
             line = {"epoch": self.epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "beta": beta, "epoch_seconds": seconds}
             if self.valid_obs is not None:
                 line["valid_elbo"] = objective_per_image(self.vae, self.objective, self.valid_obs, self.cfg.seed)
-            if self.cfg.lr_schedule != "constant":
+            if self.cfg.lr_schedule != "constant" or self.plateau is not None:
                 line["lr"] = self.lr
+            news = self._plateau_step(line)
             # The checkpoint first: metrics.jsonl never claims an epoch whose checkpoint was not written.
             # The checkpoint carries its epoch's line, so a line whose write failed is restored on resume.
             try:
@@ -215,12 +233,30 @@ class Trainer:
                 self.board.epoch(self, line)
             self.log(
                 f"epoch {self.epoch}/{self.cfg.epochs}: train {train_elbo:.2f}, test {test_elbo:.2f} nats/image "
-                f"({seconds:.1f} s)"
+                f"({seconds:.1f} s)" + news
             )
         if self.board is not None:
             self.board.close()
             self.board = None
         return lines
+
+
+    def _plateau_step(self, line: dict) -> str:
+        """Feed the epoch's bound to the plateau rule; marks the line of the epoch that ends the run and
+        returns what the rule decided, for the epoch's log line."""
+        if self.plateau is None:
+            return ""
+        before, key = self.plateau_state, watched_key(line)
+        self.bounds.append(line[key])
+        self.plateau_state = state = self.plateau.step(before, line[key], self.epoch)
+        gain = (f"no gain of more than {self.plateau.delta:g} nats on {state.best:.2f} (epoch {state.best_epoch}) "
+                f"in {self.plateau.patience} epoch(s)")
+        if state.stopped:
+            line["stopped"] = f"plateau: {key} {gain}"
+            return f"; stopped, {gain}"
+        if state.cuts > before.cuts:
+            return f"; lr cut to {self.cfg.lr * self.schedule(self.epoch + 1, self.cfg.epochs) * self.plateau.lr_factor(state):.3g}, {gain}"
+        return ""
 
 
 @torch.no_grad()
@@ -293,9 +329,13 @@ def resume(run: str | Path, epochs: int | None = None, progress: bool = True, lo
         if epochs is not None and epochs < trainer.epoch:
             raise UserError(f"{run} has trained {trainer.epoch} epochs already; --epochs is the new total, so give at least {trainer.epoch}")
         runs.truncate_metrics(run, trainer.epoch, state.get("metrics"))
+        trainer.replay(runs.read_metrics(run))
         if epochs is not None:
             record["config"]["epochs"] = epochs
             atomic_write_json(run / runs.CONFIG, record)
+        if trainer.stopped:
+            log(f"{run} stopped at epoch {trainer.epoch} when its bound stopped improving; nothing to train")
+            return run
         log(f"resuming {run} at epoch {trainer.epoch} of {cfg.epochs}")
         trainer.fit(progress)
     return run

@@ -198,3 +198,25 @@ def test_elbo_importance_and_exact_likelihood_are_ordered(trained, grid):
     iw = E.importance_log_likelihood(vae, x[:50], num_samples=50)["mean_log_px"]
     exact = E.grid_log_likelihood(vae, x[:50])["mean_log_px"]
     assert exact - elbo > exact - iw > -0.05
+
+
+def test_importance_sampling_reports_its_progress(trained):
+    """Long evaluations say how far they are: the images done after each batch, and the log line paced."""
+    from pyro_vae.evaluation.evaluate import paced
+
+    model, x = trained
+    done = []
+    a = E.importance_log_likelihood(model, x[:50], num_samples=20, batch_size=16, seed=3, progress=done.append)
+    assert done == [16, 32, 48, 50]
+    b = E.importance_log_likelihood(model, x[:50], num_samples=20, batch_size=16, seed=3)
+    assert torch.equal(a["log_px"], b["log_px"])  # watching changes no number
+    lines = []
+    step = paced(lines.append, "importance sampling", 50, every=0.0)
+    for n in done:
+        step(n)
+    assert lines[0].startswith("importance sampling: 16/50 images, about ") and lines[0].endswith(" min left")
+    assert len(lines) == 3  # nothing once the work is done
+    quiet = []
+    step = paced(quiet.append, "importance sampling", 50, every=3600.0)
+    step(16)
+    assert quiet == []
