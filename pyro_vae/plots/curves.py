@@ -30,21 +30,26 @@ def _runs(v: Any, fn: str, name: str) -> list[list[Mapping]]:
     return runs
 
 
+def _points(run: list[Mapping], key: str) -> dict[float, float]:
+    """A run's finite values of `key` by epoch (the last line of an epoch wins)."""
+    seen = {}
+    for line in run:
+        if "epoch" not in line or line.get(key) is None:
+            continue
+        try:
+            ep, val = float(line["epoch"]), float(line[key])
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(ep) and math.isfinite(val):
+            seen[ep] = val
+    return seen
+
+
 def _aggregate(runs: list[list[Mapping]], key: str):
     """Per epoch: mean, min, max, std over the seeds that report a finite value."""
     per_epoch: dict[float, list[float]] = {}
     for run in runs:
-        seen = {}
-        for line in run:
-            if "epoch" not in line or line.get(key) is None:
-                continue
-            try:
-                ep, val = float(line["epoch"]), float(line[key])
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(ep) and math.isfinite(val):
-                seen[ep] = val  # the last line of an epoch wins
-        for ep, val in seen.items():
+        for ep, val in _points(run, key).items():
             per_epoch.setdefault(ep, []).append(val)
     if not per_epoch:
         return None
@@ -56,6 +61,21 @@ def _aggregate(runs: list[list[Mapping]], key: str):
     std = np.array([v.std(ddof=1) if v.size > 1 else 0.0 for v in vals])
     n = np.array([v.size for v in vals])
     return ep, mean, lo, hi, std, n
+
+
+def _each_run(ax, runs: list[list[Mapping]], key: str, color: str) -> list[np.ndarray]:
+    """Every run's own curve of `key`, a dot at its end; the values the y limits should cover."""
+    shown = []
+    for run in runs:
+        points = _points(run, key)
+        if not points:
+            continue
+        ep = np.array(sorted(points))
+        val = np.array([points[e] for e in ep])
+        ax.plot(ep, val, color=color, linewidth=0.9, alpha=0.75)
+        ax.plot(ep[-1:], val[-1:], color=color, marker="o", markersize=3.5, linestyle="none")
+        shown.append(val[max(1, ep.size // 10):] if ep.size > 3 else val)
+    return shown
 
 
 def training_curves(
@@ -72,17 +92,20 @@ def training_curves(
     (one per seed); each dict needs ``"epoch"`` and any of ``keys`` (lines
     missing a key, or with a non-finite value, are skipped for that key).  With
     several seeds the mean is drawn with a shaded band: ``"minmax"`` (min to
-    max over seeds) or ``"std"`` (mean ± sample std).  By default the shared y
-    limits ignore each curve's first epoch (usually far off the scale) when
-    there are more than 3 epochs; pass ``ylim`` to override.
+    max over seeds) or ``"std"`` (mean ± sample std); ``"each"`` draws every
+    seed's own curve instead, a dot at its last epoch (for runs of different
+    lengths, such as runs stopped on a plateau, whose mean would jump where a
+    seed ends).  By default the shared y limits ignore each curve's first epoch
+    (usually far off the scale) when there are more than 3 epochs, and with
+    ``"each"`` its first tenth; pass ``ylim`` to override.
     """
     fn = "training_curves"
-    if band not in ("minmax", "std"):
-        raise ValueError(f"{fn}: band must be 'minmax' or 'std', got {band!r}")
+    if band not in ("minmax", "std", "each"):
+        raise ValueError(f"{fn}: band must be 'minmax', 'std' or 'each', got {band!r}")
     keys = [keys] if isinstance(keys, str) else list(keys)
     if not keys:
         raise ValueError(f"{fn}: no metric keys given")
-    data = {}
+    data, runs_of = {}, {}
     for k, v in _variants(curves, fn, "list of metric dicts").items():
         runs = _runs(v, fn, k)
         agg = {key: _aggregate(runs, key) for key in keys}
@@ -90,6 +113,7 @@ def training_curves(
             raise ValueError(f"{fn}: variant {k!r} has no line with 'epoch' and a finite value "
                              f"for any of {keys}")
         data[k] = (len(runs), agg)
+        runs_of[k] = runs
 
     nrows, ncols = _grid_shape(len(data))
     fig = Figure(figsize=(3.8 * ncols + 0.4, 3.2 * nrows + 0.6), layout="constrained")
@@ -104,6 +128,9 @@ def training_curves(
             if band == "std":
                 lo, hi = mean - std, mean + std
             color = f"C{c}"
+            if band == "each":
+                y_for_limits += _each_run(ax, runs_of[k], key, color)
+                continue
             ax.plot(ep, mean, color=color, linewidth=1.5,
                     marker="o" if ep.size <= 25 else None, markersize=3)
             if nseeds > 1:
@@ -130,7 +157,9 @@ def training_curves(
     names = {"train_elbo": "train", "test_elbo": "test"}
     handles = [Line2D([], [], color=f"C{c}", linewidth=1.5, label=names.get(key, key))
                for c, key in enumerate(keys)]
-    if any(n > 1 for n, _ in data.values()):
+    if band == "each":
+        handles.append(Line2D([], [], color="0.4", marker="o", linestyle="none", markersize=4, label="a seed's last epoch"))
+    elif any(n > 1 for n, _ in data.values()):
         handles.append(Patch(color="0.6", alpha=0.4,
                              label="min–max over seeds" if band == "minmax" else "± 1 sd"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,

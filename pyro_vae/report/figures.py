@@ -84,9 +84,13 @@ def _spread(name: str, key: str, suptitle: str, ylabel: str, caption: str):
 
 def _training_curves(d: _Inputs) -> list[tuple[str, Draw]]:
     curves = {v: [r["training_curve"] for r in d.results if r["variant"] == v] for v in d.variants}
+    # Runs of different lengths (stopped on a plateau) are drawn seed by seed: a mean would jump where one ends.
+    each = len({len(c) for runs in curves.values() for c in runs}) > 1
+    shown = ("each seed's curve, a dot where it stopped" if each else "band: min–max over seeds")
     return [("training_curves", lambda: (plots.training_curves(
-        curves, ylabel="objective bound (nats / image)", title="Training curves (each variant's own, β-scaled objective)"),
-        "Train and test value of each variant's training objective per epoch (band: min–max over seeds). Bounds of "
+        curves, band="each" if each else "minmax", ylabel="objective bound (nats / image)",
+        title="Training curves (each variant's own, β-scaled objective)"),
+        f"Train and test value of each variant's training objective per epoch ({shown}). Bounds of "
         "different objectives (β = 0 drops the prior's terms) are not comparable across variants."))]
 
 

@@ -278,6 +278,18 @@ def test_training_curves_missing_keys_and_std_band(rng):
     assert len(ax.lines[1].get_xdata()) == 6
 
 
+def test_training_curves_each_seed_for_runs_of_different_lengths(rng):
+    short = _run(rng)[:4]
+    fig = plots.training_curves({"VAE": [_run(rng), short]}, keys=("test_elbo",), band="each")
+    (ax,) = fig.axes
+    # Two curves, each with a dot at its own last epoch; no band (a mean would jump where a seed ends).
+    curves = [l for l in ax.lines if l.get_marker() in (None, "None", "")]
+    dots = [l for l in ax.lines if l.get_marker() == "o"]
+    assert [len(l.get_xdata()) for l in curves] == [6, 4] and [float(d.get_xdata()[0]) for d in dots] == [6.0, 4.0]
+    assert len(ax.collections) == 0
+    assert ax.get_ylim()[0] > -300  # the first epochs are left out of the limits here too
+
+
 def test_training_curves_bad_inputs(rng):
     with pytest.raises(ValueError, match="no line"):
         plots.training_curves({"AE": [{"epoch": 1, "loss": 3.0}]})
