@@ -174,8 +174,10 @@ def _epochs_text(results: list[dict]) -> str:
     lengths = [len(r["training_curve"]) for r in results]
     stopped = sum(bool(r["training_curve"] and r["training_curve"][-1].get("stopped")) for r in results)
     watched = "validation" if "valid_elbo" in results[0]["training_curve"][0] else "test"
-    return (f"{plateau.describe(watched)}, at most {most} epochs: the runs trained {min(lengths)}-{max(lengths)} epochs "
-            f"(median {sorted(lengths)[len(lengths) // 2]}); {stopped} of {len(results)} stopped by the rule, the rest at the limit")
+    stops = (f"all {stopped} runs stopped by the rule" if stopped == len(results) else
+             f"{stopped} of {len(results)} runs stopped by the rule, the others at the limit")
+    return (f"{min(lengths)}-{max(lengths)} epochs (median {sorted(lengths)[len(lengths) // 2]}), each run trained "
+            f"{plateau.describe(watched)} and at most {most} epochs; {stops}")
 
 
 def _overrides_text(overrides: dict) -> str:

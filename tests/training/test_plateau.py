@@ -98,6 +98,9 @@ def test_the_report_says_where_the_rule_stopped_each_run():
     rows = [{"config": config, "training_curve": curve(87, {"stopped": "plateau"})},
             {"config": config, "training_curve": curve(200, {})}]
     text = _epochs_text(rows)
-    assert text.startswith("until the test bound stopped improving (no gain of more than 0.2 nats")
-    assert "at most 200 epochs: the runs trained 87-200 epochs" in text and "1 of 2 stopped by the rule" in text
+    assert text.startswith("87-200 epochs (median 200), each run trained until the test bound stopped improving "
+                           "(no gain of more than 0.2 nats")
+    assert "at most 200 epochs; 1 of 2 runs stopped by the rule, the others at the limit" in text
+    rows[1]["training_curve"][-1]["stopped"] = "plateau"
+    assert _epochs_text(rows).endswith("; all 2 runs stopped by the rule")
     assert _epochs_text([{"config": small_config(epochs=7).to_dict(), "training_curve": curve(7, {})}]) == "7 epoch(s)"
