@@ -18,6 +18,7 @@ without claims gets tables and figures only.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -168,16 +169,21 @@ def _run_data(row: dict) -> list[Inline]:
 def _epochs_text(results: list[dict]) -> str:
     """The epochs the runs trained: the configured number, or the plateau rule and where it stopped each run."""
     most = "/".join(str(e) for e in dict.fromkeys(r["config"]["epochs"] for r in results))
-    plateau = Plateau.of(TrainConfig.from_dict(results[0]["config"]))
-    if plateau is None:
+    rules = set(Plateau.of(TrainConfig.from_dict(r["config"])) for r in results)
+    if rules == {None}:
         return f"{most} epoch(s)"
     lengths = [len(r["training_curve"]) for r in results]
     stopped = sum(bool(r["training_curve"] and r["training_curve"][-1].get("stopped")) for r in results)
-    watched = "validation" if "valid_elbo" in results[0]["training_curve"][0] else "test"
     stops = (f"all {stopped} runs stopped by the rule" if stopped == len(results) else
-             f"{stopped} of {len(results)} runs stopped by the rule, the others at the limit")
-    return (f"{min(lengths)}-{max(lengths)} epochs (median {sorted(lengths)[len(lengths) // 2]}), each run trained "
-            f"{plateau.describe(watched)} and at most {most} epochs; {stops}")
+             f"{stopped} of {len(results)} runs stopped by a rule, the others at their limit")
+    trained = f"{min(lengths)}-{max(lengths)} epochs (median {statistics.median(lengths):g})"
+    if len(rules) > 1:
+        return f"{trained}, the variants under different plateau rules or none (see results.json); {stops}"
+    watched = {"valid_elbo" in r["training_curve"][0] for r in results if r["training_curve"]}
+    caveat = ("" if watched == {True} else " (no validation images were held out, so the test bound decided when to "
+              "stop; the last epoch is kept, not the best)")
+    return (f"{trained}, each run trained {next(iter(rules)).describe('validation' if watched == {True} else 'test')}"
+            f"{caveat} and at most {most} epochs; {stops}")
 
 
 def _overrides_text(overrides: dict) -> str:

@@ -39,6 +39,13 @@ def _check_same_config(run: Path, cfg: TrainConfig) -> None:
                         "remove that run folder or use another --out")
 
 
+def _epochs_to_train(cells: list) -> str:
+    """The epochs cells still train: a ceiling where a plateau rule may stop runs sooner."""
+    total = sum(c.epochs_left for c in cells)
+    ruled = any(c.config.get("plateau_patience") for c in cells)
+    return f"at most {total} epochs (runs stop when their bound stops improving)" if ruled else f"{total} epochs"
+
+
 def _fmt_minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
@@ -74,7 +81,7 @@ def _run_study(study: Study, runs_dir: Path, log: Callable[[str], None], executi
     executor = make_executor(execution, study.resources, log)
     todo = [c for c in cells if c.todo]
     log(f"study {study.name}: {len(cells)} runs ({len(study.variants)} variants x {len(study.seeds)} seeds), "
-        f"{sum(c.epochs_left for c in todo)} epochs to train, then evaluation, {executor.describe()} -> {runs_dir}")
+        f"{_epochs_to_train(todo)} to train, then evaluation, {executor.describe()} -> {runs_dir}")
     for cell in cells:
         if not cell.todo:
             log(f"{cell.name}: complete, skipped")

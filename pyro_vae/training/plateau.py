@@ -64,7 +64,8 @@ class Plateau:
         return self.factor**state.cuts
 
     def describe(self, watched: str) -> str:
-        cuts = f"; on each plateau before the last the learning rate was cut by {self.factor:g} ({self.cuts} cut(s) at most)" if self.cuts else ""
+        cuts = (f"; on each of the first {self.cuts} plateau(s) the learning rate was multiplied by {self.factor:g} instead"
+                if self.cuts else "")
         return (f"until the {watched} bound stopped improving (no gain of more than {self.delta:g} nats over the last "
                 f"improvement in {self.patience} epochs{cuts})")
 

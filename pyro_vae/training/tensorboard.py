@@ -81,7 +81,7 @@ class EpochBoard:
         w.add_scalar("train/beta", line["beta"], step)
         w.add_scalar("train/learning_rate", trainer.optimizer.param_groups[0]["lr"], step)
         w.add_scalar("train/epoch_seconds", line["epoch_seconds"], step)
-        if step % IMAGE_EVERY == 0 or step == 1 or step == trainer.cfg.epochs:
+        if step % IMAGE_EVERY == 0 or step == 1 or step == trainer.cfg.epochs or trainer.stopped:
             with seeded(self.seed + _STREAM), torch.no_grad():
                 samples = vae.decode(vae.sample_prior(SHOWN * SHOWN))
             originals = self.test_obs[:SHOWN]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -247,6 +248,10 @@ class Trainer:
         if self.plateau is None:
             return ""
         before, key = self.plateau_state, watched_key(line)
+        if not math.isfinite(line[key]):
+            kept = f"the checkpoint of epoch {self.epoch - 1} in {self.run} is kept" if self.epoch > 1 else "no checkpoint was written"
+            raise DivergedError(f"the {key.split('_')[0]} bound became {line[key]} at epoch {self.epoch}; {kept}. "
+                                "Try a lower learning rate (lr) or beta")
         self.bounds.append(line[key])
         self.plateau_state = state = self.plateau.step(before, line[key], self.epoch)
         gain = (f"no gain of more than {self.plateau.delta:g} nats on {state.best:.2f} (epoch {state.best_epoch}) "
@@ -254,7 +259,7 @@ class Trainer:
         if state.stopped:
             line["stopped"] = f"plateau: {key} {gain}"
             return f"; stopped, {gain}"
-        if state.cuts > before.cuts:
+        if state.cuts > before.cuts and self.epoch < self.cfg.epochs:
             return f"; lr cut to {self.cfg.lr * self.schedule(self.epoch + 1, self.cfg.epochs) * self.plateau.lr_factor(state):.3g}, {gain}"
         return ""
 
@@ -330,12 +335,13 @@ def resume(run: str | Path, epochs: int | None = None, progress: bool = True, lo
             raise UserError(f"{run} has trained {trainer.epoch} epochs already; --epochs is the new total, so give at least {trainer.epoch}")
         runs.truncate_metrics(run, trainer.epoch, state.get("metrics"))
         trainer.replay(runs.read_metrics(run))
+        if trainer.stopped:  # config.json keeps its epochs: a stopped run is not extended
+            log(f"{run} stopped at epoch {trainer.epoch} when its bound stopped improving (plateau-patience "
+                f"{cfg.plateau_patience}); nothing to train, --epochs changes nothing")
+            return run
         if epochs is not None:
             record["config"]["epochs"] = epochs
             atomic_write_json(run / runs.CONFIG, record)
-        if trainer.stopped:
-            log(f"{run} stopped at epoch {trainer.epoch} when its bound stopped improving; nothing to train")
-            return run
         log(f"resuming {run} at epoch {trainer.epoch} of {cfg.epochs}")
         trainer.fit(progress)
     return run

@@ -49,7 +49,8 @@ def test_a_run_stops_at_its_plateau_and_marks_the_epoch(tmp_path):
     # A study finds nothing left to train; resuming with more epochs trains none.
     assert make_cell("V", 0, run, cfg, {}).epochs_left == 0
     resume(run, epochs=20, progress=False, log=logged.append)
-    assert len(runs.read_metrics(run)) == 4 and "nothing to train" in logged[-1]
+    assert len(runs.read_metrics(run)) == 4 and "nothing to train, --epochs changes nothing" in logged[-1]
+    assert runs.read_config(run)[0].epochs == 10  # config.json still says what the run was trained with
 
 
 def test_without_patience_every_epoch_trains():
@@ -98,9 +99,31 @@ def test_the_report_says_where_the_rule_stopped_each_run():
     rows = [{"config": config, "training_curve": curve(87, {"stopped": "plateau"})},
             {"config": config, "training_curve": curve(200, {})}]
     text = _epochs_text(rows)
-    assert text.startswith("87-200 epochs (median 200), each run trained until the test bound stopped improving "
+    assert text.startswith("87-200 epochs (median 143.5), each run trained until the test bound stopped improving "
                            "(no gain of more than 0.2 nats")
-    assert "at most 200 epochs; 1 of 2 runs stopped by the rule, the others at the limit" in text
+    assert "multiplied by 0.3 instead)" in text and "the test bound decided when to stop" in text
+    assert "at most 200 epochs; 1 of 2 runs stopped by a rule, the others at their limit" in text
     rows[1]["training_curve"][-1]["stopped"] = "plateau"
     assert _epochs_text(rows).endswith("; all 2 runs stopped by the rule")
+    rows[1]["config"] = small_config(epochs=200, plateau_patience=3).to_dict()
+    assert "the variants under different plateau rules or none" in _epochs_text(rows)
     assert _epochs_text([{"config": small_config(epochs=7).to_dict(), "training_curve": curve(7, {})}]) == "7 epoch(s)"
+
+
+def test_a_bound_that_is_not_a_number_is_an_error_not_a_plateau(tmp_path, monkeypatch):
+    from pyro_vae.errors import DivergedError
+    from pyro_vae.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "objective_per_image", lambda *a, **k: float("nan"))
+    cfg = small_config(epochs=3, plateau_patience=1, plateau_delta=1e6)
+    with pytest.raises(DivergedError, match="the test bound became nan at epoch 1; no checkpoint was written"):
+        train(cfg, tmp_path / "run", progress=False, log=quiet)
+
+
+def test_a_study_says_its_epochs_are_a_ceiling_under_the_rule(tmp_path):
+    from pyro_vae.study.runner import _epochs_to_train
+
+    ruled = make_cell("V", 0, tmp_path / "a", small_config(epochs=200, plateau_patience=5), {})
+    plain = make_cell("A", 0, tmp_path / "b", small_config(epochs=30), {})
+    assert _epochs_to_train([plain]) == "30 epochs"
+    assert _epochs_to_train([ruled, plain]) == "at most 230 epochs (runs stop when their bound stops improving)"

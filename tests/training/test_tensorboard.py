@@ -57,6 +57,16 @@ def test_event_files_hold_the_curves_and_images(tmp_path, capsys):
     assert not (tmp_path / "tb" / "tensorboard").exists()
 
 
+def test_a_run_stopped_on_its_plateau_gets_its_last_images(tmp_path, capsys):
+    pytest.importorskip("tensorboard", reason="needs the tensorboard extra: pip install -e '.[tensorboard]'")
+    plateau = ["--plateau-patience", "1", "--plateau-delta", "1e6", "--plateau-cuts", "1"]  # stops at epoch 3
+    assert main(["train", "--epochs", "30", "--tensorboard", "--out", str(tmp_path / "tb"), *plateau, *SMALL]) == 0
+    acc = events(tmp_path / "tb")
+    assert [e.step for e in acc.Scalars("bound/test")] == [1, 2, 3]
+    assert [e.value for e in acc.Scalars("train/learning_rate")] == pytest.approx([1e-3, 1e-3, 3e-4])
+    assert [i.step for i in acc.Images("images/prior_samples")] == [1, 3]
+
+
 def test_without_tensorboard_the_flag_is_a_one_line_error(tmp_path):
     code = ("import sys; sys.modules['tensorboard'] = None; from pyro_vae.cli import main; "
             f"sys.exit(main(['train', '--tensorboard', '--out', {str(tmp_path / 'r')!r}, *{SMALL!r}]))")
