@@ -182,8 +182,8 @@ def _epochs_text(results: list[dict]) -> str:
     watched = {"valid_elbo" in r["training_curve"][0] for r in results if r["training_curve"]}
     caveat = ("" if watched == {True} else " (no validation images were held out, so the test bound decided when to "
               "stop; the last epoch is kept, not the best)")
-    return (f"{trained}, each run trained {next(iter(rules)).describe('validation' if watched == {True} else 'test')}"
-            f"{caveat} and at most {most} epochs; {stops}")
+    return (f"{trained}, each run trained {next(iter(rules)).describe('validation' if watched == {True} else 'test')}, "
+            f"at most {most} epochs; {stops}{caveat}")
 
 
 def _overrides_text(overrides: dict) -> str:

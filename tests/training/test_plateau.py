@@ -102,9 +102,9 @@ def test_the_report_says_where_the_rule_stopped_each_run():
     assert text.startswith("87-200 epochs (median 143.5), each run trained until the test bound stopped improving "
                            "(no gain of more than 0.2 nats")
     assert "multiplied by 0.3 instead)" in text and "the test bound decided when to stop" in text
-    assert "at most 200 epochs; 1 of 2 runs stopped by a rule, the others at their limit" in text
+    assert "at most 200 epochs; 1 of 2 runs stopped by a rule, the others at their limit (no validation" in text
     rows[1]["training_curve"][-1]["stopped"] = "plateau"
-    assert _epochs_text(rows).endswith("; all 2 runs stopped by the rule")
+    assert "; all 2 runs stopped by the rule (no validation" in _epochs_text(rows)
     rows[1]["config"] = small_config(epochs=200, plateau_patience=3).to_dict()
     assert "the variants under different plateau rules or none" in _epochs_text(rows)
     assert _epochs_text([{"config": small_config(epochs=7).to_dict(), "training_curve": curve(7, {})}]) == "7 epoch(s)"
