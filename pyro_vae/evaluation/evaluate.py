@@ -180,14 +180,14 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scor
 def paced(log: Callable[[str], None], what: str, total: int, every: float = 30.0) -> Callable[[int], None]:
     """A progress callback for long loops: given the items done, logs a line with the time left at most
     every `every` seconds (none for work that ends sooner)."""
-    started = time.perf_counter()
-    last = [started]
+    started = last = time.perf_counter()
 
     def progress(done: int) -> None:
+        nonlocal last
         now = time.perf_counter()
-        if now - last[0] < every or done >= total:
+        if now - last < every or done >= total:
             return
-        last[0] = now
+        last = now
         left = (now - started) / done * (total - done)
         log(f"{what}: {done:,}/{total:,} images, about {left / 60:.1f} min left")
 

@@ -39,6 +39,11 @@ class Cell:
         return f"{self.variant} seed {self.seed}"
 
     @property
+    def capped(self) -> bool:
+        """Its epochs are a ceiling: a plateau rule may stop the run sooner."""
+        return bool(self.config.get("plateau_patience"))
+
+    @property
     def todo(self) -> bool:
         return self.epochs_left > 0 or self.evaluate
 

@@ -64,7 +64,7 @@ class InProcess:
         from pyro_vae.study.cells import run_cell
 
         for cell in cells:
-            self.log(f"{cell.name}: {'at most ' if cell.config.get('plateau_patience') else ''}{cell.epochs_left} epochs to train" + (", then evaluation" if cell.evaluate else ""))
+            self.log(f"{cell.name}: {'at most ' if cell.capped else ''}{cell.epochs_left} epochs to train" + (", then evaluation" if cell.evaluate else ""))
             yield cell, run_cell(replace(cell, threads=self.execution.threads), self.log, self.execution.progress)
 
 

@@ -42,8 +42,7 @@ def _check_same_config(run: Path, cfg: TrainConfig) -> None:
 def _epochs_to_train(cells: list) -> str:
     """The epochs cells still train: a ceiling where a plateau rule may stop runs sooner."""
     total = sum(c.epochs_left for c in cells)
-    ruled = any(c.config.get("plateau_patience") for c in cells)
-    return f"at most {total} epochs (runs stop when their bound stops improving)" if ruled else f"{total} epochs"
+    return f"at most {total} epochs (runs stop when their bound stops improving)" if any(c.capped for c in cells) else f"{total} epochs"
 
 
 def _fmt_minutes(seconds: float) -> str:

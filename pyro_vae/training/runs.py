@@ -59,11 +59,6 @@ def _is_run_entry(p: Path) -> bool:
 LOCK = ".lock"
 
 
-def _leftovers(folder: Path) -> list[Path]:
-    """Temporary files of interrupted atomic writes (safe to remove while the folder is locked)."""
-    return temporaries(folder)
-
-
 def check_target(out: Path, force: bool) -> list[Path]:
     """The entries `prepare` would remove, or the UserError it would raise; writes nothing, so a
     caller can refuse a bad --out before the slow part."""
@@ -78,7 +73,7 @@ def _check_target(out: Path, force: bool) -> list[Path]:
         raise UserError(f"{out} is a symbolic link; give the real folder as --out")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder; choose another --out")
-    entries = [p for p in out.iterdir() if p.name != LOCK and p not in _leftovers(out)] if out.exists() else []
+    entries = [p for p in out.iterdir() if p.name != LOCK and p not in temporaries(out)] if out.exists() else []
     if entries:
         if not force:
             raise UserError(f"run folder {out} is not empty; pass --force to overwrite it or --resume {out} to continue it")
@@ -141,7 +136,7 @@ def locked(folder: str | Path, create: bool = True) -> Iterator[Path]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        for leftover in _leftovers(folder):
+        for leftover in temporaries(folder):  # safe to remove: the folder is locked
             leftover.unlink(missing_ok=True)
         yield folder
     finally:

@@ -86,7 +86,6 @@ class Trainer:
         self.valid_obs = None if dataset.valid_x is None else self.binarization.test(dataset.valid_x.to(self.device), cfg.seed)
         self.epoch = 0
         self.plateau = Plateau.of(cfg)
-        self.bounds: list[float] = []  # the bound the plateau rule watches, one per epoch
         self.plateau_state = PlateauState()
         self.inputs = EpochInputs(self.binarization, self.train_x, cfg.seed, cfg.epochs)
         self.tensorboard = tensorboard
@@ -106,11 +105,15 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.epoch = state["epoch"]
 
+    def lr_at(self, epoch: int, plateau_state: PlateauState) -> float:
+        """The learning rate of `epoch`: the configured lr on its schedule, cut by the plateau rule's state."""
+        lr = self.cfg.lr * self.schedule(epoch, self.cfg.epochs)
+        return lr if self.plateau is None else lr * self.plateau.lr_factor(plateau_state)
+
     def replay(self, lines: list[dict]) -> None:
         """Where the plateau rule stood after the run's metrics.jsonl lines (one per epoch trained)."""
         if self.plateau is not None:
-            self.bounds = [line[watched_key(line)] for line in lines]
-            self.plateau_state = self.plateau.replay(self.bounds)
+            self.plateau_state = self.plateau.replay([line[watched_key(line)] for line in lines])
 
     @property
     def stopped(self) -> bool:
@@ -148,9 +151,7 @@ class Trainer:
         cfg, n = self.cfg, len(self.train_x)
         epoch = self.epoch + 1
         self.vae.beta = self.beta_at(epoch)
-        self.lr = cfg.lr * self.schedule(epoch, cfg.epochs)
-        if self.plateau is not None:
-            self.lr *= self.plateau.lr_factor(self.plateau_state)
+        self.lr = self.lr_at(epoch, self.plateau_state)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         started = time.perf_counter()
@@ -252,7 +253,6 @@ class Trainer:
             kept = f"the checkpoint of epoch {self.epoch - 1} in {self.run} is kept" if self.epoch > 1 else "no checkpoint was written"
             raise DivergedError(f"the {key.split('_')[0]} bound became {line[key]} at epoch {self.epoch}; {kept}. "
                                 "Try a lower learning rate (lr) or beta")
-        self.bounds.append(line[key])
         self.plateau_state = state = self.plateau.step(before, line[key], self.epoch)
         gain = (f"no gain of more than {self.plateau.delta:g} nats on {state.best:.2f} (epoch {state.best_epoch}) "
                 f"in {self.plateau.patience} epoch(s)")
@@ -260,7 +260,7 @@ class Trainer:
             line["stopped"] = f"plateau: {key} {gain}"
             return f"; stopped, {gain}"
         if state.cuts > before.cuts and self.epoch < self.cfg.epochs:
-            return f"; lr cut to {self.cfg.lr * self.schedule(self.epoch + 1, self.cfg.epochs) * self.plateau.lr_factor(state):.3g}, {gain}"
+            return f"; lr cut to {self.lr_at(self.epoch + 1, state):.3g}, {gain}"
         return ""
 
 
