@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SLICE_DATASET
+
 from pyro_vae import data
 from pyro_vae.errors import DataError
 
@@ -21,6 +23,7 @@ def _copy_raw(src_root: Path, dst_root: Path, name: str = "FashionMNIST", decomp
     return raw
 
 
+@pytest.mark.full_data
 def test_fashion_mnist_official_split(data_root):
     d = data.load("fashion-mnist", data_root)
     assert d.train_x.shape == (60000, 784) and d.test_x.shape == (10000, 784)
@@ -30,6 +33,7 @@ def test_fashion_mnist_official_split(data_root):
     assert len(d.provenance["train_file"]["images_sha256"]) == 64
 
 
+@pytest.mark.full_data
 def test_full_mnist_loads_the_official_split(data_root):
     d = data.load("mnist", data_root)
     assert d.train_x.shape == (60000, 784) and d.test_x.shape == (10000, 784)
@@ -61,10 +65,11 @@ def test_limits_keep_a_seeded_subset(test_split_only_root):
     assert torch.equal(d.train_x[0], full.train_x[full.split_indices["train"].index(first)])
 
 
-def test_limits_on_the_official_split_keep_a_seeded_subset(data_root):
-    d = data.load("mnist", data_root, train_limit=300, test_limit=100)
-    again = data.load("mnist", data_root, train_limit=300, test_limit=100)
-    other = data.load("mnist", data_root, train_limit=300, test_limit=100, split_seed=1)
+def test_limits_on_the_official_split_keep_a_seeded_subset(official_split_root):
+    d = data.load("mnist", official_split_root, train_limit=300, test_limit=100)
+    again = data.load("mnist", official_split_root, train_limit=300, test_limit=100)
+    other = data.load("mnist", official_split_root, train_limit=300, test_limit=100, split_seed=1)
+    assert d.provenance["split"] == "official train/test files"
     assert (len(d.train_x), len(d.test_x)) == (300, 100) and d.split_indices is None
     assert torch.equal(d.train_x, again.train_x) and not torch.equal(d.train_x, other.train_x)
     assert len(torch.unique(d.train_y)) == 10
@@ -176,9 +181,10 @@ def test_download_fills_the_cache(monkeypatch, tmp_path, data_root):
         calls.append((spec.torchvision_class, root))
         _copy_raw(data_root, root, spec.folder, decompress=True)
 
-    raw, origin = data.locate("fashion-mnist", download=fake_download)
-    assert origin == "download" and calls == [("FashionMNIST", tmp_path / "data")]
-    raw, origin = data.locate("fashion-mnist", download=fake_download)
+    raw, origin = data.locate(SLICE_DATASET, download=fake_download)
+    assert origin == "download" and calls == [(data.DATASETS[SLICE_DATASET].torchvision_class, tmp_path / "data")]
+    assert raw == tmp_path / "data" / data.DATASETS[SLICE_DATASET].folder / "raw"
+    raw, origin = data.locate(SLICE_DATASET, download=fake_download)
     assert origin == "cache" and len(calls) == 1
 
 

@@ -85,6 +85,7 @@ def test_study_refuses_a_changed_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full_data
 def test_readme_train_command_on_fashion_mnist(tmp_path):
     """`pyro-vae train --dataset fashion-mnist ...` on the full 60,000 images: the test bound improves."""
     done = cli("train", "--dataset", "fashion-mnist", "--guide", "delta", "--beta", "0", "--epochs", "2",

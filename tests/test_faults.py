@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA_ROOT, REPO, small_config
+from conftest import DATA_ROOT, HAVE_FULL_DATA, REPO, SLICE_DATASET, small_config
 
 from pyro_vae import data
 from pyro_vae.cli import main
@@ -103,7 +103,8 @@ def test_a_real_full_disk_keeps_epoch_one_and_leaves_no_temporary_file(one_epoch
     assert "the disk is full" in line and "the checkpoint of epoch 1 is kept" in line
     assert [m["epoch"] for m in runs.read_metrics(run)] == [1]
     assert runs.load_checkpoint(run)["epoch"] == 1
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    carved = [] if HAVE_FULL_DATA else ["split.json"]  # the sample's carved split keeps its indices beside the run
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl", *carved]
 
 
 def test_a_read_only_run_folder_is_refused_before_the_work(one_epoch, tmp_path, capsys):
@@ -257,24 +258,28 @@ def test_each_run_is_evaluated_on_its_own_data_and_the_report_lists_it(tmp_path)
     from pyro_vae.study.runner import run_study
     from pyro_vae.study.spec import Study
 
+    # The other variant's data: Fashion-MNIST where the complete data is present, else MNIST's sample
+    # with the train/test split carved by another seed (other images, other test labels).
+    other_split_seed = 0 if HAVE_FULL_DATA else 1
     study = Study.from_dict({
         "name": "mixed", "seeds": [0],
         "base": {"epochs": 1, "train_limit": 300, "hidden_dim": 16, "batch_size": 100},
         "variants": {"digits": {"dataset": "mnist", "test_limit": 60},
-                     "fashion": {"dataset": "fashion-mnist", "test_limit": 80, "latent_dim": 10}},
+                     "other": {"dataset": SLICE_DATASET, "split_seed": other_split_seed, "test_limit": 80, "latent_dim": 10}},
         "evaluation": {"num_samples": 5, "generated": 50, "pairs": 20, "likelihood_images": 20},
     }, "mixed.toml")
     runs_dir = run_study(study, tmp_path / "runs", progress=False, log=quiet)
-    for variant, count, dataset in (("digits", 60, "mnist"), ("fashion", 80, "fashion-mnist")):
+    for variant, count, dataset, split_seed in (("digits", 60, "mnist", 0), ("other", 80, SLICE_DATASET, other_split_seed)):
         run = study.run_dir(runs_dir, variant, 0)
         cfg, record = runs.read_config(run)
-        own = data.load(dataset, train_limit=300, test_limit=count)
+        own = data.load(dataset, train_limit=300, test_limit=count, split_seed=split_seed)
         import numpy as np
 
         arrays = np.load(run / "evaluation.npz")
         assert len(arrays["labels"]) == count and np.array_equal(arrays["labels"], own.test_y.numpy())
     html = build_report(runs_dir, tmp_path / "report", log=quiet).read_text()
-    assert "digits seed 0" in html and "fashion seed 0" in html and "fashion-mnist" in html
+    assert "digits seed 0" in html and "other seed 0" in html and SLICE_DATASET in html
+    assert "300 training / 60 test images" in html and "300 training / 80 test images" in html
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from conftest import SLICE_DATASET
 
 from pyro_vae.bench.options import DEFAULT_VARIANTS, Options, add_arguments
 from pyro_vae.bench.study import bench_study, summarise_modes
@@ -48,15 +49,16 @@ def small_options(**overrides) -> Options:
 
 
 @pytest.fixture(scope="module")
-def fashion():
+def images():
+    """600 real training images: Fashion-MNIST (the bench's default) where present, else the sample's MNIST."""
     from pyro_vae import data
 
-    return data.load("fashion-mnist", train_limit=600, test_limit=60)
+    return data.load(SLICE_DATASET, train_limit=600, test_limit=60)
 
 
 def test_quick_bench_writes_the_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--quick", "--threads", "1", "--train-images", "512", "--conv-images", "128", "--repeats", "1",
+    code = main(["bench", "--quick", "--dataset", SLICE_DATASET, "--threads", "1", "--train-images", "512", "--conv-images", "128", "--repeats", "1",
                  "--eval-images", "60", "--num-samples", "30", "--json", str(out), "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0
@@ -120,10 +122,10 @@ def test_unknown_variant_is_a_clear_error(capsys):
 
 
 @pytest.mark.parametrize("name", ["vae", "ae", "meanfield", "conv"])
-def test_reference_computes_the_projects_loss_and_gradients(fashion, name):
+def test_reference_computes_the_projects_loss_and_gradients(images, name):
     """Same weights, same batch, same noise: the plain-PyTorch loss is the project's loss."""
-    images = 128 if name == "conv" else 600
-    trainer, reference = build_pair(small_options(), name, fashion, images, quiet)
+    count = 128 if name == "conv" else 600
+    trainer, reference = build_pair(small_options(dataset=SLICE_DATASET), name, images, count, quiet)
     project_modules = [trainer.vae.encoder_guide.encoder, trainer.vae.decoder]
     for mine, theirs in zip(project_modules, [reference.encoder, reference.decoder]):
         for (key, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items()):
@@ -166,7 +168,7 @@ def test_study_item_measures_the_child_process(tmp_path):
 @pytest.mark.slow
 def test_peers_train_the_same_network_on_the_same_data_and_report_ratios_and_elbos(tmp_path, capsys):
     out = tmp_path / "peers.json"
-    code = main(["bench", "--variants", "", "--no-eval", "--peers", "--train-images", "600", "--repeats", "1",
+    code = main(["bench", "--variants", "", "--no-eval", "--peers", "--dataset", SLICE_DATASET, "--train-images", "600", "--repeats", "1",
                  "--threads", "1", "--json", str(out), "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0 and "peer pyro-example: epoch" in printed

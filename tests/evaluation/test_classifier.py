@@ -1,12 +1,13 @@
-"""Classifier used to score generated images, trained on a small real Fashion-MNIST slice."""
+"""Classifier used to score generated images, trained on a small slice of real images (Fashion-MNIST
+where the complete data is present, else the MNIST sample shipped in the package)."""
 
-import gzip
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import DATA_ROOT, SLICE_DATASET
 
 from pyro_vae.evaluation import classifier as clf
 from pyro_vae.evaluation.classifier import (
@@ -18,35 +19,19 @@ from pyro_vae.evaluation.classifier import (
     train_classifier,
 )
 
-RAW = Path("/work/shared/data/FashionMNIST/raw")
 N_TRAIN, N_TEST = 3000, 2000
 FAST = dict(epochs=4, progress=False)
-
-pytestmark = pytest.mark.skipif(
-    not (RAW / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST raw files not available"
-)
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Parse a gzipped IDX file (big-endian header: magic, then one uint32 per dimension)."""
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_split(prefix: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = read_idx(RAW / f"{prefix}-images-idx3-ubyte.gz")[:n].reshape(n, 784)
-    y = read_idx(RAW / f"{prefix}-labels-idx1-ubyte.gz")[:n]
-    return torch.from_numpy(x.astype(np.float32) / 255), torch.from_numpy(y.astype(np.int64))
+KEY = f"{SLICE_DATASET}-small"
 
 
 @pytest.fixture(scope="module")
 def data():
-    train_x, train_y = load_split("train", N_TRAIN)
-    test_x, test_y = load_split("t10k", N_TEST)
-    return train_x, train_y, test_x, test_y
+    """(train_x, train_y, test_x, test_y): 3,000 training and 2,000 test images in [0, 1]."""
+    from pyro_vae import data as datasets
+
+    d = datasets.load(SLICE_DATASET, DATA_ROOT, train_limit=N_TRAIN, test_limit=N_TEST)
+    assert (len(d.train_x), len(d.test_x)) == (N_TRAIN, N_TEST)
+    return d.train_x, d.train_y, d.test_x, d.test_y
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +41,18 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(data, cache_dir):
-    return load_or_train_classifier(cache_dir, "fashion-small", *data, **FAST)
+    return load_or_train_classifier(cache_dir, KEY, *data, **FAST)
 
 
 def test_training_beats_chance_and_writes_cache(trained, cache_dir):
     model, info = trained
     assert info["test_accuracy"] > 0.6  # chance is 0.1; ~0.8 expected from 3k images
     assert info["cached"] is False
-    assert info["key"] == "fashion-small"
-    assert Path(info["path"]) == cache_dir / "classifier-fashion-small.pt"
+    assert info["key"] == KEY
+    assert Path(info["path"]) == cache_dir / f"classifier-{KEY}.pt"
     assert Path(info["path"]).exists()
     # Atomic write leaves no temp files behind.
-    assert [p.name for p in cache_dir.iterdir()] == ["classifier-fashion-small.pt"]
+    assert [p.name for p in cache_dir.iterdir()] == [f"classifier-{KEY}.pt"]
     assert not model.training
 
 
@@ -78,7 +63,7 @@ def test_cache_round_trips_without_retraining(trained, data, cache_dir, monkeypa
         raise AssertionError("classifier was retrained despite a cache file")
 
     monkeypatch.setattr(clf, "train_classifier", no_training)
-    loaded, info2 = load_or_train_classifier(cache_dir, "fashion-small", *data, **FAST)
+    loaded, info2 = load_or_train_classifier(cache_dir, KEY, *data, **FAST)
     assert info2["cached"] is True
     assert info2["test_accuracy"] == info["test_accuracy"]
     test_x = data[2][:200]

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import small_config
+from conftest import HAVE_FULL_DATA, small_config
 
 from pyro_vae.errors import DivergedError, UserError
 from pyro_vae.training import runs
@@ -28,10 +28,18 @@ def test_a_few_hundred_steps_lower_the_loss_clearly(tmp_path):
 
 def test_run_folder_contents(tmp_path):
     run = train(small_config(guide="delta", beta=0.0), tmp_path / "ae", progress=False, log=quiet)
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    # On the official split (the complete data) nothing more; on the split carved from the sample, its indices.
+    carved = [] if HAVE_FULL_DATA else ["split.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl", *carved]
     record = json.loads((run / "config.json").read_text())
     assert record["config"]["guide"] == "delta" and record["config"]["beta"] == 0.0
-    assert record["data"]["origin"] == "PYRO_VAE_DATA" and record["data"]["split"] == "official train/test files"
+    assert record["data"]["origin"] == "PYRO_VAE_DATA"
+    if HAVE_FULL_DATA:
+        assert record["data"]["split"] == "official train/test files"
+    else:
+        assert record["data"]["split"].startswith("carved from the test file only")
+        split = json.loads((run / "split.json").read_text())
+        assert len(split["train"]) == 1000 and len(split["test"]) == 300
     assert record["data"]["train_count"] == 1000 and record["data"]["test_count"] == 300
     assert {"torch", "pyro", "torchvision", "python", "pyro_vae"} <= set(record["versions"])
     state = torch.load(run / "checkpoint.pt", weights_only=True)
