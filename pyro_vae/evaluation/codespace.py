@@ -1,10 +1,16 @@
-"""A run's code space measured claim by claim: holes (claim 1), the N(0, I) null (claim 2), class
-volumes (claim 3), and a likelihood under a prior fitted to the training codes.
+"""A run's code space measured claim by claim: holes (claim 1), the aggregate posterior and the
+N(0, I) null (claim 2), class volumes (claim 3), and a likelihood under a prior fitted to the codes.
 
 :func:`code_space_measures` returns (metrics, arrays): flat numbers for evaluation.json (their rows
-are in evaluation/metrics.py) and arrays for evaluation.npz that a report plots. Every model is
-measured by the same recipe and sizes (EvalSettings), with its own seeded streams, so adding these
-measures changes none of the evaluation's other numbers.
+are in evaluation/metrics.py), tables that are not single numbers (``null_ranges``, ``convergence``)
+and arrays for evaluation.npz that a report plots. Every model is measured by the same recipe,
+estimators and sizes (EvalSettings), with its own seeded streams, so adding these measures changes
+none of the evaluation's other numbers.
+
+The training codes are one draw of q(z|x) per training image (evaluation/holes.py says why); the
+aggregate posterior's divergence uses every training image's posterior (evaluation/aggregate.py).
+Each number that depends on the count of training codes is also computed on nested subsets of
+CONVERGENCE_SIZES codes, for the report's convergence tables.
 
 Fidelity of a decoded code is scored twice, each normalised by the same score of the model's own
 reconstructions of held-out test images (so decoder blur, which both share, cancels):
@@ -23,24 +29,27 @@ import torch
 from torch import nn
 
 from pyro_vae.data import BINARIZATIONS, Data
+from pyro_vae.evaluation.aggregate import aggregate_kl
 from pyro_vae.evaluation.classifier import classifier_features
 from pyro_vae.evaluation.grid import grid_log_likelihood
 from pyro_vae.evaluation.holes import (
+    CONVERGENCE_SIZES,
+    CodeIndex,
+    Hull,
+    band_means,
     code_spread,
-    decile_means,
     fit_gaussian,
     hole_mass,
-    kde_log_density,
-    mixture_log_density,
-    neighbour_distance,
+    nested_subsets,
     recipe_codes,
 )
 from pyro_vae.evaluation.latent import logdet_spread
-from pyro_vae.evaluation.null import elbo_surgery, mmd_test, null_test
+from pyro_vae.evaluation.null import mmd_test, null_test
 from pyro_vae.model import VAE
 
-__all__ = ["code_space_measures", "FittedPrior"]
+__all__ = ["code_space_measures", "FittedPrior", "DISTANCE_BANDS"]
 
+DISTANCE_BANDS = 10  # recipe codes split into tenths by distance to the nearest training code
 
 class FittedPrior(nn.Module):
     """N(mean, cov) fitted to a model's training codes, in the place of a prior: the prior an AE could
@@ -75,12 +84,15 @@ def _ratio(value, reference: float):
     return value / reference if reference > 0 else value * math.nan
 
 
-def _train_codes(run, data: Data, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior means and scales of n seeded training images, binarised as test images are."""
-    pick = np.sort(np.random.default_rng(seed).permutation(len(data.train_x))[:n])
+def _train_codes(run, data: Data, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(posterior means, scales, one posterior draw each) of the training images (n seeded ones, or
+    all), binarised as test images are."""
+    pick = (np.arange(len(data.train_x)) if n is None or n >= len(data.train_x)
+            else np.sort(np.random.default_rng(seed).permutation(len(data.train_x))[:n]))
     x = BINARIZATIONS[run.config.binarize].test(data.train_x[pick], run.config.seed)
     means, scales = run.encode(x)
-    return means.double().numpy(), scales.double().numpy()
+    drawn = run.sample_posterior(x, seed + 5)
+    return means.double().numpy(), scales.double().numpy(), drawn.double().numpy()
 
 
 def _log_prior(vae) -> Callable[[np.ndarray], np.ndarray]:
@@ -90,18 +102,41 @@ def _log_prior(vae) -> Callable[[np.ndarray], np.ndarray]:
     return log_p
 
 
+def _log_gaussian(mean: np.ndarray, cov: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    normal = dist.MultivariateNormal(torch.as_tensor(mean), covariance_matrix=torch.as_tensor(cov))
+    return lambda z: normal.log_prob(torch.as_tensor(np.asarray(z, dtype=np.float64))).numpy()
+
+
+def _fitted_draws(codes: np.ndarray, seed: int) -> tuple[Callable[[int], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """Seeded draws from, and the log density of, the Gaussian fitted to the codes (the same standard
+    normal numbers for every fit: the convergence table changes one thing at a time)."""
+    mean, cov = fit_gaussian(codes)
+    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(len(mean)))
+    return (lambda m: mean + np.random.default_rng(seed).standard_normal((m, len(mean))) @ chol.T), _log_gaussian(mean, cov)
+
+
+def _null_metrics(codes: np.ndarray, prefix: str, s) -> tuple[dict, dict]:
+    """The N(0, I) null tests of one set of test codes: (metrics, null ranges), keys prefixed."""
+    observed, p_values, ranges = null_test(codes, s.null_draws, s.seed)
+    metrics = {f"null_p_{prefix}{k}": v for k, v in p_values.items()}
+    metrics.update({f"{prefix}{k}": v for k, v in observed.items()})
+    metrics[f"{prefix}mmd_normal"], metrics[f"null_p_{prefix}mmd_normal"] = mmd_test(codes, s.null_draws, s.seed, s.mmd_codes)
+    return metrics, {f"{prefix}{k}": v for k, v in ranges.items()}
+
+
 def code_space_measures(run, data: Data, scorer, test_codes: torch.Tensor, labels: torch.Tensor, lx: torch.Tensor,
-                        settings) -> tuple[dict, dict]:
+                        settings, test_x: torch.Tensor | None = None) -> tuple[dict, dict]:
     """(metrics, arrays) of the claims' direct measures for a loaded run (see the module's notes)."""
     vae, cfg, s = run.vae, run.config, settings
     deterministic = bool(vae.encoder_guide.deterministic)
     has_prior = cfg.beta > 0  # a prior the model was trained with (beta = 0 drops its terms)
-    train, train_scales = _train_codes(run, data, s.train_codes, s.seed)
-    spread = code_spread(train)
-    log_q = ((lambda z: kde_log_density(z, train)) if deterministic
-             else (lambda z: mixture_log_density(z, train, train_scales)))
+    means, scales, seen = _train_codes(run, data, s.train_codes, s.seed)
+    spread = code_spread(seen)
+    index, hull = CodeIndex(seen), Hull(seen, seed=s.seed)
+    subsets = nested_subsets(len(seen), CONVERGENCE_SIZES, s.seed + 4)
     fidelity = _Fidelity(run, scorer, s.knn_k, spread)
-    metrics: dict = {"code_spread": spread}
+    metrics: dict = {"code_spread": spread, "train_codes_used": len(seen), "code_spacing": index.spacing / spread}
+    convergence: dict[str, dict[str, float]] = {}
     arrays: dict = {}
 
     # Reference rows: the held-out real half, and the model's reconstructions of it.
@@ -112,36 +147,52 @@ def code_space_measures(run, data: Data, scorer, test_codes: torch.Tensor, label
     recon_precision, recon_reencode = float(recon_inside.mean()), float(recon_error.mean())
     metrics["recon_reencode"] = recon_reencode
 
-    # Claim 1: codes by the shared recipe, inside the training codes' hull, scored against density.
+    # Claim 1: codes by the shared recipe inside the hull, their decodes' fidelity against their distance
+    # to the nearest training code: the farthest tenth against the nearest.
     prior_sample = (lambda m, seed: run.sample_codes(m, seed).double().numpy()) if has_prior else None
-    z, source, share_inside = recipe_codes(train, s.hole_codes, s.seed, prior_sample)
+    z, source, share_inside = recipe_codes(seen, s.hole_codes, s.seed, prior_sample, hull=hull)
     inside, error = fidelity(torch.as_tensor(z, dtype=torch.float32))
-    density, distance = log_q(z), neighbour_distance(train, z)
-    precision_curve = _ratio(decile_means(density, inside), recon_precision)
-    reencode_curve = _ratio(decile_means(density, error), recon_reencode)
-    metrics.update(
-        hole_precision=_ratio(float(inside.mean()), recon_precision), hole_reencode=_ratio(float(error.mean()), recon_reencode),
-        hole_precision_drop=float(precision_curve[-1] - precision_curve[0]),
-        hole_reencode_rise=float(reencode_curve[0] - reencode_curve[-1]),
-        hole_share_inside_hull=share_inside, hole_neighbour_distance=float(np.median(distance)))
-    arrays.update(hole_codes=z, hole_source=source, hole_log_density=density, hole_inside=inside,
-                  hole_reencode=_ratio(error, recon_reencode), hole_distance=distance,
-                  hole_decile_precision=precision_curve, hole_decile_reencode=reencode_curve)
 
-    # Hole mass: the share of a reference density's mass where q(z) / p(z) < 0.1.
-    mean, cov = fit_gaussian(train)
-    rng = np.random.default_rng(s.seed + 2)
-    fitted = rng.multivariate_normal(mean, cov, size=s.hole_mass_draws)
-    fitted_log_p = dist.MultivariateNormal(torch.as_tensor(mean), covariance_matrix=torch.as_tensor(cov)).log_prob(
-        torch.as_tensor(fitted)).numpy()
-    metrics["hole_mass_fitted"] = hole_mass(log_q(fitted), fitted_log_p)
+    def contrasts(distance: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        precision = _ratio(band_means(distance, inside, DISTANCE_BANDS), recon_precision)
+        reencode = _ratio(band_means(distance, error, DISTANCE_BANDS), recon_reencode)
+        return precision, reencode, {"far_precision_drop": float(precision[0] - precision[-1]),
+                                     "far_reencode_rise": float(reencode[-1] - reencode[0])}
+
+    distance = index.distance(z)
+    precision_bands, reencode_bands, far = contrasts(distance)
+    bands = band_means(distance, distance, DISTANCE_BANDS)
+    metrics.update(far, hole_precision=_ratio(float(inside.mean()), recon_precision),
+                   hole_reencode=_ratio(float(error.mean()), recon_reencode), hole_share_inside_hull=share_inside,
+                   hole_neighbour_distance=float(np.median(distance)), far_band_distance=float(bands[-1]),
+                   near_band_distance=float(bands[0]))
+    for n, pick in subsets.items():
+        for key, value in contrasts(CodeIndex(seen[pick]).distance(z))[2].items():
+            convergence.setdefault(key, {})[str(n)] = value
+    arrays.update(hole_codes=z, hole_source=source, hole_inside=inside, hole_reencode=_ratio(error, recon_reencode),
+                  hole_distance=distance, hole_band_precision=precision_bands, hole_band_reencode=reencode_bands,
+                  hole_band_distance=bands)
+
+    # Hole mass: the share of a reference density's draws (inside the hull) that the void test finds empty,
+    # the reference being the Gaussian fitted to the codes, and the prior where the model has one.
+    references = {"fitted": lambda codes: _fitted_draws(codes, s.seed + 2)}
     if has_prior:
-        prior_draws = run.sample_codes(s.hole_mass_draws, s.seed + 3).double().numpy()
-        metrics["hole_mass_prior"] = hole_mass(log_q(prior_draws), _log_prior(vae)(prior_draws))
+        prior_draw = lambda m: run.sample_codes(m, s.seed + 3).double().numpy()
+        references["prior"] = lambda codes: (prior_draw, _log_prior(vae))
+    for name, reference in references.items():
+        for n, pick in subsets.items():
+            full = n == len(seen)
+            found = hole_mass(seen[pick], *reference(seen[pick]), s.hole_mass_draws,
+                              index if full else None, hull if full else None)
+            convergence.setdefault(f"hole_mass_{name}", {})[str(n)] = found["mass"]
+            if full:
+                metrics[f"hole_mass_{name}"], metrics[f"hole_resolution_{name}"] = found["mass"], found["resolution"]
 
     # Perturbation: decode(enc(x) + eps * spread), the noise shaped like the codes' covariance.
+    rng = np.random.default_rng(s.seed + 2)
+    cov = fit_gaussian(seen)[1]
     base = held_codes[: s.perturb_images].double()
-    noise = torch.as_tensor(rng.standard_normal((len(base), train.shape[1])) @ np.linalg.cholesky(cov).T)
+    noise = torch.as_tensor(rng.standard_normal((len(base), seen.shape[1])) @ np.linalg.cholesky(cov + 1e-12 * np.eye(len(cov))).T)
     eps = np.asarray(s.perturb_eps, dtype=np.float64)
     curves = [fidelity((base + e * noise).float()) for e in eps]
     base_inside, base_error = fidelity(base.float())
@@ -151,15 +202,35 @@ def code_space_measures(run, data: Data, scorer, test_codes: torch.Tensor, label
                    perturb_reencode_at_1=float(np.interp(1.0, eps, perturb_reencode)))
     arrays.update(perturb_eps=eps, perturb_precision=perturb_precision, perturb_reencode=perturb_reencode)
 
-    # Claim 2 against its null: each statistic beside simulated N(0, I) sets of the same size.
-    codes = test_codes.double().numpy()
-    observed, p_values, ranges = null_test(codes, s.null_draws, s.seed)
-    metrics.update({f"null_p_{k}": v for k, v in p_values.items()})
-    metrics["null_ranges"] = ranges  # not a metric (a dict): the null's 95% range for the report
-    metrics.update(mardia_skewness=observed["mardia_skewness"], mardia_kurtosis=observed["mardia_kurtosis"])
-    metrics["mmd_normal"], metrics["null_p_mmd_normal"] = mmd_test(codes, s.null_draws, s.seed, s.mmd_codes)
+    # Claim 2: the aggregate posterior against the prior (every training posterior, and nested subsets of
+    # them for the convergence table), with its floor: the same estimator on a hole-free mixture of as
+    # many posteriors of the same scales whose aggregate is exactly N(0, I).
     if not deterministic:
-        metrics.update(elbo_surgery(train, train_scales, _log_prior(vae), s.seed, s.surgery_grid))
+        log_prior = _log_prior(vae)
+        for n, pick in subsets.items():
+            found = aggregate_kl(means[pick], scales[pick], log_prior, max_cells=s.kl_grid_cells, seed=s.seed)
+            convergence.setdefault("aggregate_kl", {})[str(n)] = found["aggregate_kl"]
+            if n == len(means):
+                metrics.update({k: v for k, v in found.items() if k != "refused"})
+                if "refused" in found:
+                    metrics["aggregate_kl_refused"] = found["refused"]  # not a metric: the report's note
+        narrow = np.minimum(scales, 0.99)  # a posterior as wide as the prior cannot be part of an N(0, I) mixture
+        ideal = np.random.default_rng(s.seed + 6).standard_normal(means.shape) * np.sqrt(1 - narrow**2)
+        standard = lambda z: -0.5 * (z**2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+        metrics["aggregate_kl_floor"] = aggregate_kl(ideal, narrow, standard, max_cells=s.kl_grid_cells,
+                                                     seed=s.seed)["aggregate_kl"]
+
+    # Claim 2 against its null: posterior means, and one posterior draw per test image (q(z)'s own sample).
+    codes = test_codes.double().numpy()
+    found, ranges = _null_metrics(codes, "", s)
+    metrics.update({k: v for k, v in found.items() if k.startswith("null_p_") or k in ("mardia_skewness", "mardia_kurtosis", "mmd_normal")})
+    if test_x is not None:
+        sampled = run.sample_posterior(test_x, s.seed + 7).double().numpy()
+        found_sampled, ranges_sampled = _null_metrics(sampled, "sampled_", s)
+        metrics.update(found_sampled)
+        ranges.update(ranges_sampled)
+        arrays["sampled_codes"] = sampled
+    metrics["null_ranges"] = ranges  # not a metric (a dict): the null's 95% range for the report
 
     # Claim 3: class volumes.
     volumes = logdet_spread(codes, labels.numpy(), s.bootstrap, seed=s.seed)
@@ -168,6 +239,9 @@ def code_space_measures(run, data: Data, scorer, test_codes: torch.Tensor, label
 
     # A likelihood under the prior the codes suggest (an AE's only fair one).
     if cfg.latent_dim == 2:
+        mean, cov = fit_gaussian(seen)
         fitted_vae = VAE(FittedPrior(mean, cov), vae.encoder_guide, vae.decoder, vae.likelihood, vae.beta)
-        metrics["log_px_exact_fitted"] = float(grid_log_likelihood(fitted_vae, lx, tol=s.grid_tol)["log_px"].mean())
+        grid = grid_log_likelihood(fitted_vae, lx, tol=s.grid_tol)
+        metrics["log_px_exact_fitted"] = float(grid["log_px"].mean()) if grid["converged"] else math.nan
+    metrics["convergence"] = convergence  # not a metric (a dict): value at each count of training codes
     return metrics, arrays

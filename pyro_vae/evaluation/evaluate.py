@@ -1,7 +1,8 @@
 """Evaluate a trained run on its test split: bounds, likelihoods, latent geometry, sample quality.
 
 Writes `RUN_DIR/evaluation.json` (flat metrics, one value each) and `RUN_DIR/evaluation.npz`
-(the codes and images the report draws). Codes are posterior means, never samples.
+(the codes and images the report draws). Codes are posterior means; the claims of the code space
+also read one posterior draw per image (evaluation/codespace.py).
 """
 
 from __future__ import annotations
@@ -59,21 +60,21 @@ class EvalSettings:
     seed: int = 0
     # The code-space measures of evaluation/codespace.py (holes, the N(0, I) null, class volumes).
     knn_k: int = 3  # neighbours whose ball makes the real images' manifold (k-NN precision)
-    train_codes: int = 2000  # training images encoded: hull, neighbour spacing, code density, aggregate posterior
-    hole_codes: int = 1000  # codes drawn by the shared recipe and decoded
-    hole_mass_draws: int = 2000  # Monte Carlo draws from the prior (and the fitted Gaussian) for the hole mass
+    train_codes: int | None = None  # training images encoded (None: all): hull, distances, hole mass, aggregate posterior
+    hole_codes: int = 4000  # codes drawn by the shared recipe and decoded (a tenth of them in each distance band)
+    hole_mass_draws: int = 20000  # draws from the fitted Gaussian (and the prior) inside the hull, for the hole mass
     perturb_images: int = 250  # test images whose codes are perturbed
     perturb_eps: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0])  # in code spreads
     null_draws: int = 200  # simulated N(0, I) code sets per null test
     mmd_codes: int = 500  # codes in the MMD test against N(0, I)
-    bootstrap: int = 200  # resamples for the class-volume evenness interval
-    surgery_grid: int = 200  # most cells along the 2-D grid of the ELBO surgery
+    bootstrap: int = 50  # resamples of the whole class-volume recipe (subsample and MCD refit) for its interval
+    kl_grid_cells: int = 4096  # most cells along an axis of the 2-D grid of KL(q(z) || p(z)); unconverged: refused
 
     def __post_init__(self):
         # Checked when made (from flags or a study's [evaluation] table), never after the training.
         for name, (low, kind) in _SETTING_RANGES.items():
             value = getattr(self, name)
-            if value is None and name == "likelihood_images":
+            if value is None and name in _SETTING_OPTIONAL:
                 continue
             ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
             if not ok or not low <= value < _SETTING_HIGH.get(name, math.inf):
@@ -94,7 +95,8 @@ class EvalSettings:
 _SETTING_RANGES = {"num_samples": (1, int), "likelihood_images": (1, int), "grid_tol": (1e-12, float),
                    "generated": (2, int), "pairs": (1, int), "seed": (0, int), "knn_k": (1, int), "train_codes": (10, int),
                    "hole_codes": (10, int), "hole_mass_draws": (1, int), "perturb_images": (1, int), "null_draws": (20, int),
-                   "mmd_codes": (2, int), "bootstrap": (1, int), "surgery_grid": (2, int)}
+                   "mmd_codes": (2, int), "bootstrap": (1, int), "kl_grid_cells": (16, int)}
+_SETTING_OPTIONAL = {"likelihood_images", "train_codes"}  # None: all images
 _SETTING_HIGH = {"seed": SEED_LIMIT}
 
 
@@ -224,7 +226,12 @@ def _evaluate_run(run: Run, settings: EvalSettings, scorer: Scorer | None, data:
                       pareto_k_share_above_threshold=float(iw["share_k_above_threshold"]))
     if cfg.latent_dim == 2:
         grid = grid_log_likelihood(vae, lx, tol=settings.grid_tol)
-        result.update(log_px_exact=float(grid["log_px"].mean()), grid_points=int(grid["grid_points"]))
+        # An unconverged quadrature is refused: its number would be reported as exact.
+        result.update(log_px_exact=float(grid["log_px"].mean()) if grid["converged"] else math.nan,
+                      grid_points=int(grid["grid_points"]), grid_converged=bool(grid["converged"]))
+        if not grid["converged"]:
+            log(f"{run.path}: the exact 2-D log p(x) grid did not converge to {settings.grid_tol:g} nats; "
+                "log p(x) exact is left out (NaN)")
         if "test_elbo" in result:
             result["gap_exact_minus_elbo"] = result["log_px_exact"] - result["test_elbo"]
             result["gap_exact_minus_is"] = result["log_px_exact"] - result["log_px_is"]
@@ -242,7 +249,13 @@ def _evaluate_run(run: Run, settings: EvalSettings, scorer: Scorer | None, data:
     for name, same in (("mid_same", True), ("mid_diff", False)):
         a, b = _pairs(labels, settings.pairs, same, gen)
         result.update(scorer.score(run.decode((codes[a] + codes[b]) / 2), name, settings.knn_k))
-    measures, measure_arrays = code_space_measures(run, data, scorer, codes, labels, lx, settings)
+    # FID grows as images blur and as fewer are scored: midpoints against as many reconstructions of
+    # held-out images, so the ratio says what the midpoints lose beyond the model's own blur.
+    held = torch.as_tensor(scorer.held_out[: settings.pairs])
+    recon_fid = scorer.score(run.decode(codes[held]), "recon_pairs", settings.knn_k)["recon_pairs_fid"]
+    for name in ("mid_same", "mid_diff"):
+        result[f"{name}_fid_ratio"] = result[f"{name}_fid"] / recon_fid if recon_fid > 0 else math.nan
+    measures, measure_arrays = code_space_measures(run, data, scorer, codes, labels, lx, settings, test_x=x)
     result.update(measures)
     result["eval_seconds"] = time.perf_counter() - started
 

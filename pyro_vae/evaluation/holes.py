@@ -1,28 +1,36 @@
-"""Holes in a code space, measured directly: where codes are sampled, how dense the training codes are
-there, and what share of the prior's mass falls where the codes never go.
+"""Holes in a code space, measured by one recipe for every model: where codes are drawn, how far each
+lies from the codes the decoder was trained on, and how much of a reference density's mass lies in
+empty regions.
 
-Arrays in, arrays out (numpy, float64). The sampling recipe is the same for every model, so an AE and
-a VAE are judged on equal terms: draws from a Gaussian fitted to the model's training codes (and from
-its prior, where it was trained with one), kept only inside the convex hull of the training codes, so
-a bad decode there is a hole between codes rather than extrapolation beyond them.
+Arrays in, arrays out (numpy, float64). The training codes are what the decoder saw: one code per
+training image (a delta guide's code; one draw of q(z|x) for a Gaussian guide, so that together they
+are draws of the aggregate posterior q(z) that the KL term shapes). Both models get the same
+estimators on the same number of codes:
+
+- **Distance** from a point to its nearest training code, in units of the training codes' median
+  nearest-neighbour spacing: scale-free (a model that stretches its code space gets the same numbers)
+  and fixed by the code count, which is the same on both sides.
+- **Hole mass**, the void test: a point is in a hole when its nearest training code is farther than
+  the radius in which the reference density p (a Gaussian fitted to the codes) expects
+  :data:`VOID_CODES` codes. For N codes drawn from a density q, the chance of that is exp(-VOID_CODES
+  q / p) (a Poisson count), for any N: about 1 where q << p, e^-10 = 4.5e-5 where q = p, a soft step at
+  q / p ~ 0.1. So the estimate needs no bandwidth, has a known false-hole rate, and converges as N
+  grows; its resolution (that radius) is reported with it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
-import scipy.stats
-import torch
-from scipy.spatial import Delaunay, cKDTree
+from scipy.spatial import Delaunay, QhullError, cKDTree
 
-__all__ = ["fit_gaussian", "code_spread", "Hull", "recipe_codes", "neighbour_distance", "mixture_log_density",
-           "kde_log_density", "decile_means", "hole_mass"]
+__all__ = ["fit_gaussian", "code_spread", "Hull", "recipe_codes", "CodeIndex", "hull_draws", "band_means",
+           "nested_subsets", "hole_mass", "VOID_CODES", "CONVERGENCE_SIZES"]
 
-HOLE_RATIO = 0.1  # q(z) / p(z) below this is a hole
-BANDWIDTH_FACTORS = (1.0, 0.5, 0.25, 0.125)  # KDE bandwidths tried, relative to Scott's
-_ELEMENTS = 2**22  # points x components per block of the mixture density
+VOID_CODES = 10.0  # codes the reference density expects in an empty ball before it counts as a hole
+CONVERGENCE_SIZES = (2000, 10000)  # training-code counts a convergence table shows beside "all"
 
 
 def fit_gaussian(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -39,19 +47,22 @@ def code_spread(codes: np.ndarray) -> float:
 class Hull:
     """Membership in the convex hull of the training codes.
 
-    2-D (and 1-D): exact (a Delaunay triangulation; an interval). Above 2-D an exact hull of thousands
-    of points is too costly, so the test is the hull's outer polytope along `directions` random unit
-    directions and the principal axes (both signs): a code is kept when no such direction sees it
-    beyond every training code. This removes codes beyond the data along any of those directions and
-    keeps a thin shell just outside the true hull.
+    2-D: exact (a Delaunay triangulation). Otherwise (and for 2-D codes too degenerate to triangulate)
+    the hull's outer polytope along `directions` random unit directions and the principal axes (both
+    signs): a code is kept when no such direction sees it beyond every training code. Above 2-D this
+    removes codes beyond the data along any of those directions and keeps a thin shell just outside.
     """
 
     def __init__(self, train: np.ndarray, directions: int = 256, seed: int = 0):
         train = np.asarray(train, dtype=np.float64)
         self.dim = train.shape[1]
+        self._tri = None
         if self.dim == 2:
-            self._tri = Delaunay(train)
-            return
+            try:
+                self._tri = Delaunay(train)
+                return
+            except QhullError:  # all codes on a line (or too few): the polytope test still answers
+                pass
         centre = train.mean(0)
         axes = np.linalg.eigh(np.atleast_2d(np.cov(train, rowvar=False)))[1].T
         random = np.random.default_rng(seed).standard_normal((directions if self.dim > 1 else 0, self.dim))
@@ -61,78 +72,102 @@ class Hull:
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         points = np.asarray(points, dtype=np.float64)
-        if self.dim == 2:
+        if self._tri is not None:
             return self._tri.find_simplex(points) >= 0
-        return np.all((points - self._centre) @ self._u.T <= self._reach, axis=1)
+        return np.all((points - self._centre) @ self._u.T <= self._reach + 1e-12, axis=1)
+
+
+def hull_draws(hull: Hull, draw: Callable[[int], np.ndarray], n: int, oversample: int = 20) -> tuple[np.ndarray, float]:
+    """The first n draws that fall inside the hull (fewer if `oversample` x n draws hold fewer), and the
+    share of draws inside. Draws come in rounds sized by the share seen so far, so a source that mostly
+    lands inside costs little more than n draws; `draw(m)` must return the first m of one seeded stream."""
+    want, inside, tried = max(int(n), 0), 0, 0
+    m = min(2 * want, oversample * want)
+    while True:
+        z = np.asarray(draw(m), dtype=np.float64)
+        ok = hull.contains(z)
+        inside, tried = int(ok.sum()), len(z)
+        if inside >= want or m >= oversample * want:
+            return z[ok][:want], inside / tried if tried else 0.0
+        m = min(oversample * want, int(1.5 * want * tried / max(inside, 1)) + 1)
 
 
 def recipe_codes(train: np.ndarray, n: int, seed: int, prior_sample: Callable[[int, int], np.ndarray] | None = None,
-                 oversample: int = 20) -> tuple[np.ndarray, np.ndarray, float]:
+                 oversample: int = 20, hull: Hull | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """n codes by the shared recipe: (codes (m, d) with m <= n, source (m,) 0 fitted / 1 prior, share inside).
 
     Half the codes come from N(mean, cov) fitted to `train` and half from `prior_sample(count, seed)`
     when given (all from the fitted Gaussian otherwise); each source draws oversample x its share and
     keeps the draws inside the training codes' hull. `share inside` is the share of all draws kept.
     """
-    hull = Hull(train, seed=seed)
+    hull = hull or Hull(train, seed=seed)
     mean, cov = fit_gaussian(train)
     rng = np.random.default_rng(seed)
     sources = [lambda m: rng.multivariate_normal(mean, cov, size=m)]
     if prior_sample is not None:
         sources.append(lambda m: np.asarray(prior_sample(m, seed + 1), dtype=np.float64))
-    kept, labels, inside, drawn = [], [], 0, 0
+    kept, labels, shares = [], [], []
     for i, draw in enumerate(sources):
         want = n // len(sources) + (i < n % len(sources))
-        z = draw(oversample * want)
-        ok = hull.contains(z)
-        inside, drawn = inside + int(ok.sum()), drawn + len(z)
-        kept.append(z[ok][:want])
-        labels.append(np.full(len(kept[-1]), i))
-    return np.concatenate(kept), np.concatenate(labels), inside / max(drawn, 1)
+        z, share = hull_draws(hull, draw, want, oversample)
+        kept.append(z)
+        labels.append(np.full(len(z), i))
+        shares.append(share)
+    return np.concatenate(kept), np.concatenate(labels), float(np.mean(shares))
 
 
-def neighbour_distance(train: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Distance from each point to its nearest training code, in units of the training codes' median
-    nearest-neighbour spacing (1: as close as training codes sit to each other)."""
-    tree = cKDTree(np.asarray(train, dtype=np.float64))
-    spacing = float(np.median(tree.query(train, k=2)[0][:, 1]))
-    return tree.query(np.asarray(points, dtype=np.float64), k=1)[0] / max(spacing, 1e-300)
+class CodeIndex:
+    """The training codes, indexed for nearest-neighbour questions: distances in spacings, the void test."""
+
+    def __init__(self, train: np.ndarray):
+        self.train = np.asarray(train, dtype=np.float64)
+        self.n, self.dim = self.train.shape
+        self._tree = cKDTree(self.train)
+        spacing = self._tree.query(self.train, k=2)[0][:, 1]
+        self.spacing = float(np.median(spacing))  # the codes' median nearest-neighbour distance
+
+    def nearest(self, points: np.ndarray) -> np.ndarray:
+        """Distance from each point to its nearest training code (in the codes' units)."""
+        return self._tree.query(np.asarray(points, dtype=np.float64), k=1)[0]
+
+    def distance(self, points: np.ndarray) -> np.ndarray:
+        """Distance to the nearest training code in median nearest-neighbour spacings (1: as close as
+        training codes sit to each other)."""
+        return self.nearest(points) / max(self.spacing, 1e-300)
+
+    def void_radius(self, log_p: np.ndarray, codes: float = VOID_CODES) -> np.ndarray:
+        """The radius of the ball in which N codes drawn from p would number `codes` on average."""
+        unit_ball = math.pi ** (self.dim / 2) / math.gamma(self.dim / 2 + 1)
+        return (codes / (self.n * unit_ball * np.exp(np.asarray(log_p, dtype=np.float64)))) ** (1.0 / self.dim)
+
+    def in_void(self, points: np.ndarray, log_p: np.ndarray, codes: float = VOID_CODES) -> np.ndarray:
+        """(n,) bool: no training code within the ball where p expects `codes` of them (see the module notes)."""
+        return self.nearest(points) > self.void_radius(log_p, codes)
 
 
-def mixture_log_density(points: np.ndarray, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """log q(z) for q = the equal-weight mixture of N(means_i, diag scales_i^2): the aggregate posterior
-    of a Gaussian guide over the images whose posteriors these are (exact for a diagonal guide)."""
-    z, mu, s = (torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in (points, means, scales))
-    inv = 1.0 / s**2
-    const = -0.5 * (mu**2 * inv).sum(1) - s.log().sum(1) - 0.5 * mu.shape[1] * math.log(2 * math.pi)
-    block = max(1, _ELEMENTS // len(mu))
-    # -0.5 sum_d (z - mu)^2 / s^2 expanded into matrix products over the components.
-    return torch.cat([torch.logsumexp(torch.addmm(const, zb, (mu * inv).T).sub_(0.5 * (zb**2) @ inv.T), 1)
-                      for zb in z.split(block)]).numpy() - math.log(len(mu))
+def band_means(key: np.ndarray, values: np.ndarray, bands: int = 10) -> np.ndarray:
+    """Mean of `values` within each quantile band of `key`, lowest key first: (bands,)."""
+    order = np.argsort(np.asarray(key), kind="stable")
+    values = np.asarray(values, dtype=np.float64)
+    return np.array([np.mean(values[part]) if len(part) else math.nan for part in np.array_split(order, bands)])
 
 
-def kde_log_density(points: np.ndarray, train: np.ndarray, seed: int = 0) -> np.ndarray:
-    """log of a Gaussian KDE of the training codes: a delta guide's aggregate posterior is a set of
-    points, so its density is only defined once smoothed. Scott's bandwidth follows the codes' global
-    covariance and fills the gaps between clusters (it would hide the very holes measured), so the
-    bandwidth is Scott's times the factor in BANDWIDTH_FACTORS that gives a random half of the codes
-    the highest likelihood under a KDE of the other half."""
-    train = np.asarray(train, dtype=np.float64)
-    order = np.random.default_rng(seed).permutation(len(train))
-    fit, held = train[order[: len(train) // 2]], train[order[len(train) // 2 :]]
-    scott = len(fit) ** (-1.0 / (train.shape[1] + 4))
-    best = max(BANDWIDTH_FACTORS, key=lambda f: scipy.stats.gaussian_kde(fit.T, scott * f).logpdf(held.T).mean())
-    factor = best * len(train) ** (-1.0 / (train.shape[1] + 4))
-    return scipy.stats.gaussian_kde(train.T, factor).logpdf(np.asarray(points, dtype=np.float64).T)
+def nested_subsets(n: int, sizes: Sequence[int], seed: int) -> dict[int, np.ndarray]:
+    """{size: indices}: the first `size` of one seeded permutation of range(n) for each size below n,
+    and all n, so every smaller set lies inside the larger (a convergence table changes one thing)."""
+    order = np.random.default_rng(seed).permutation(n)
+    return {**{s: np.sort(order[:s]) for s in sizes if s < n}, n: np.arange(n)}
 
 
-def decile_means(density: np.ndarray, values: np.ndarray, bins: int = 10) -> np.ndarray:
-    """Mean of `values` within each quantile bin of `density`, lowest density first: (bins,)."""
-    order = np.argsort(np.asarray(density), kind="stable")
-    return np.array([np.mean(np.asarray(values, dtype=np.float64)[part]) for part in np.array_split(order, bins)])
-
-
-def hole_mass(log_q: np.ndarray, log_p: np.ndarray, ratio: float = HOLE_RATIO) -> float:
-    """Share of draws from p where q / p < ratio: the Monte Carlo estimate of p's mass in the holes of q
-    (both log densities evaluated at the same draws from p)."""
-    return float(np.mean(np.asarray(log_q) - np.asarray(log_p) < math.log(ratio)))
+def hole_mass(codes: np.ndarray, draw: Callable[[int], np.ndarray], log_p: Callable[[np.ndarray], np.ndarray],
+              draws: int, index: CodeIndex | None = None, hull: Hull | None = None) -> dict:
+    """The void test (evaluation/holes.py) of `draws` draws of p kept inside the codes' hull:
+    {"mass": share of them in a hole, "resolution": the median void radius in spacings}."""
+    index = index or CodeIndex(codes)
+    hull = hull or Hull(codes)
+    z, _ = hull_draws(hull, draw, draws)
+    if not len(z):
+        return {"mass": math.nan, "resolution": math.nan}
+    log_pz = log_p(z)
+    return {"mass": float(index.in_void(z, log_pz).mean()),
+            "resolution": float(np.median(index.void_radius(log_pz)) / max(index.spacing, 1e-300))}

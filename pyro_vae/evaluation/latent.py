@@ -228,14 +228,26 @@ def latent_metrics(codes, labels, sample_size: int | None = 2000, seed: int = 0)
 # class spread as a volume
 # --------------------------------------------------------------------------
 
-def logdet_spread(codes, labels, bootstrap: int = 200, max_per_class: int = 500, seed: int = 0) -> dict:
+def _class_volume(members: np.ndarray, rng: np.random.Generator, max_per_class: int, seed: int) -> float:
+    """1/2 log det of the robust covariance of up to max_per_class seeded codes of one class."""
+    if len(members) > max_per_class:
+        members = members[rng.choice(len(members), max_per_class, replace=False)]
+    with warnings.catch_warnings():  # resampled codes repeat: FastMCD's "determinant has increased" is expected
+        warnings.simplefilter("ignore", RuntimeWarning)
+        support = members[MinCovDet(random_state=seed).fit(members).support_]
+    centred = support - support.mean(0)
+    return 0.5 * float(np.linalg.slogdet(centred.T @ centred / (len(support) - 1))[1])
+
+
+def logdet_spread(codes, labels, bootstrap: int = 50, max_per_class: int = 500, seed: int = 0) -> dict:
     """Spread of class c = 1/2 log det of its robust covariance; evenness = their sd over classes.
 
     The robust covariance of a class is the covariance of the support that sklearn's MinCovDet keeps
     (its reweighted inliers, about 97.5% of a Gaussian class), fitted on up to `max_per_class` seeded
     codes of the class (FastMCD's cost jumps above 500). A global linear map A adds log|det A| to
-    every class's spread, so the evenness needs no whitening. Its 95% interval resamples each class's
-    support images with replacement `bootstrap` times (the support held fixed).
+    every class's spread, so the evenness needs no whitening. Its 95% interval repeats the whole
+    recipe `bootstrap` times on each class's codes resampled with replacement: a fresh subsample and
+    a fresh MCD support each time, so the interval carries the subsample's and the support's variation.
 
     A class with too few codes for a robust covariance (at most 2(d + 1)) gets NaN and is left out of the
     evenness; with fewer than two classes left every number is NaN.
@@ -246,29 +258,17 @@ def logdet_spread(codes, labels, bootstrap: int = 200, max_per_class: int = 500,
     x = _check_codes(codes)
     lab = _check_labels(labels, x.shape[0])
     rng = np.random.default_rng(seed)
-    supports, spreads = [], {}
-    for c in np.unique(lab):
-        members = x[lab == c]
-        if len(members) > max_per_class:
-            members = members[rng.choice(len(members), max_per_class, replace=False)]
-        if len(members) <= 2 * (x.shape[1] + 1):  # too few for a robust covariance: the class has no volume
-            spreads[c] = None
-            continue
-        spreads[c] = len(supports)
-        supports.append(members[MinCovDet(random_state=seed).fit(members).support_])
-    if len(supports) < 2:
-        return {"class_logdet_spread": [math.nan] * len(spreads), "logdet_spread_sd": math.nan,
+    classes = [x[lab == c] for c in np.unique(lab)]
+    usable = [len(m) > 2 * (x.shape[1] + 1) for m in classes]  # else too few for a robust covariance
+    if sum(usable) < 2:
+        return {"class_logdet_spread": [math.nan] * len(classes), "logdet_spread_sd": math.nan,
                 "logdet_spread_sd_low": math.nan, "logdet_spread_sd_high": math.nan}
-
-    def half_logdet(samples: np.ndarray) -> np.ndarray:  # (..., n, d) -> (...,), unbiased covariance
-        centred = samples - samples.mean(-2, keepdims=True)
-        cov = np.einsum("...ni,...nj->...ij", centred, centred) / (samples.shape[-2] - 1)
-        return 0.5 * np.linalg.slogdet(cov)[1]
-
-    values = np.array([half_logdet(p) for p in supports])
-    # (bootstrap, classes): every resample of every class at once.
-    boot = np.stack([half_logdet(p[rng.integers(len(p), size=(bootstrap, len(p)))]) for p in supports], 1).std(1)
+    members = [m for m, ok in zip(classes, usable) if ok]
+    values = np.array([_class_volume(m, rng, max_per_class, seed) for m in members])
+    boot = np.array([np.std([_class_volume(m[rng.integers(len(m), size=len(m))], rng, max_per_class, seed + 1 + b)
+                             for m in members]) for b in range(bootstrap)])
     low, high = np.percentile(boot, [2.5, 97.5]) if bootstrap else (np.nan, np.nan)
-    per_class = [math.nan if i is None else float(values[i]) for i in spreads.values()]
+    it = iter(values)
+    per_class = [float(next(it)) if ok else math.nan for ok in usable]
     return {"class_logdet_spread": per_class, "logdet_spread_sd": float(values.std()),
             "logdet_spread_sd_low": float(low), "logdet_spread_sd_high": float(high)}

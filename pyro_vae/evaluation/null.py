@@ -1,5 +1,5 @@
-"""Claim 2 against its null: are a model's codes like N(0, I) draws of the same size? And how much of
-the prior-matching term is information about the image (ELBO surgery, Hoffman & Johnson 2016).
+"""Claim 2 against its null: are a model's codes like N(0, I) draws of the same size? (The aggregate
+posterior's divergence from the prior, ELBO surgery, is evaluation/aggregate.py.)
 
 Every statistic of :func:`null_statistics` is computed on `draws` simulated N(0, I) samples of the
 codes' size: its null 95% range and a two-sided simulation p-value stand beside the code's value, so
@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
 
 import numpy as np
 import scipy.stats
 
-from pyro_vae.evaluation.holes import mixture_log_density
-
-__all__ = ["NULL_STATISTICS", "mardia", "null_statistics", "null_test", "mmd_standard_normal", "mmd_test",
-           "elbo_surgery"]
+__all__ = ["NULL_STATISTICS", "mardia", "null_statistics", "null_test", "mmd_standard_normal", "mmd_test"]
 
 NULL_STATISTICS = ("mean_norm", "gaussian_kl", "share_in_95", "max_abs_skewness", "max_radius",
                    "mardia_skewness", "mardia_kurtosis")
@@ -120,39 +116,3 @@ def mmd_test(codes: np.ndarray, draws: int = 200, seed: int = 0, max_codes: int 
     value = mmd_standard_normal(codes, bandwidth)
     null = _mmd_null(*codes.shape, draws, seed + 1, bandwidth)
     return value, float((1 + np.sum(null >= value)) / (draws + 1))
-
-
-def _grid_nodes(means: np.ndarray, scales: np.ndarray, cells: int) -> tuple[np.ndarray, float]:
-    """Nodes of a square-celled grid covering every posterior to 6 sd, and the cell area."""
-    lo, hi = (means - 6 * scales).min(0), (means + 6 * scales).max(0)
-    h = max(float(np.percentile(scales.min(1), 1)) / 2, float((hi - lo).max()) / cells)
-    axes = [np.arange(a, b + h, h) for a, b in zip(lo, hi)]
-    return np.stack([g.ravel() for g in np.meshgrid(*axes)], 1), h ** len(axes)
-
-
-def elbo_surgery(means: np.ndarray, scales: np.ndarray, log_prior: Callable[[np.ndarray], np.ndarray],
-                 seed: int = 0, grid_cells: int = 200, samples: int = 2000) -> dict[str, float]:
-    """Average KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)) for diagonal Gaussian posteriors
-    N(means_i, scales_i^2) and their aggregate q(z) (the equal mixture; I(x; z) <= log N).
-
-    The posteriors' entropies are exact; the integrals over q(z) are a quadrature on a grid in 2-D
-    (cells half as wide as the 1st percentile of the posterior sds, but never more than `grid_cells`
-    along the grid's longer side: the trapezoid rule is accurate to ~exp(-2 pi^2 sd^2 / h^2)) and a Monte Carlo average of `samples` draws from q(z) in higher dimensions.
-    Returns avg_kl, aggregate_kl (KL(q(z) || p(z))) and mutual_information (I(x; z)), in nats.
-    """
-    means, scales = np.asarray(means, dtype=np.float64), np.asarray(scales, dtype=np.float64)
-    d = means.shape[1]
-    entropy = float(np.log(scales).sum(1).mean() + 0.5 * d * (1 + math.log(2 * math.pi)))  # E_x H[q(z|x)]
-    if d == 2:
-        z, area = _grid_nodes(means, scales, grid_cells)
-        log_q = mixture_log_density(z, means, scales)
-        w = np.exp(log_q) * area
-        w = w / w.sum()  # the few nodes' worth of mass the grid's edge loses, restored
-        aggregate_entropy, cross = float(-(w * log_q).sum()), float((w * log_prior(z)).sum())
-    else:
-        rng = np.random.default_rng(seed)
-        pick = rng.integers(len(means), size=samples)
-        z = means[pick] + scales[pick] * rng.standard_normal((samples, d))
-        aggregate_entropy, cross = float(-mixture_log_density(z, means, scales).mean()), float(log_prior(z).mean())
-    return {"avg_kl": -entropy - cross, "aggregate_kl": -aggregate_entropy - cross,
-            "mutual_information": aggregate_entropy - entropy}

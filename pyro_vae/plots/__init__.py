@@ -29,7 +29,7 @@ if "matplotlib.pyplot" not in sys.modules:  # never clobber an interactive sessi
 from pyro_vae.evaluation.grid import density_grid_points, manifold_codes  # noqa: E402
 from pyro_vae.plots.bars import metric_bars, spread_bars  # noqa: E402
 from pyro_vae.plots.codes import code_scatter, marginal_densities, prior_density  # noqa: E402
-from pyro_vae.plots.curves import training_curves  # noqa: E402
+from pyro_vae.plots.curves import fidelity_by_distance, training_curves  # noqa: E402
 from pyro_vae.plots.images import image_grid, manifold, reconstructions  # noqa: E402
 from pyro_vae.plots.saving import DEFAULT_DPI, save_figure  # noqa: E402
 

@@ -27,6 +27,7 @@ from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import EVALUATION_ARRAYS, evaluate_run
 from pyro_vae.evaluation.metrics import flat_metrics, requirements_met
 from pyro_vae.io import atomic_write_bytes
+from pyro_vae.report.convergence import convergence_blocks
 from pyro_vae.report.document import (
     Block,
     Bullets,
@@ -322,9 +323,11 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
         blocks.append(FigureRow(figures["metric_bars"], "Headline metrics: bars are means over seeds, error bars the sample sd, "
                                                         "dots the seeds; red dashed lines mark ideal values."))
     blocks += claim_blocks(claims)
+    blocks += convergence_blocks(results, variants)
 
     blocks.append(Heading(2, "Figures"))
-    sections = [("codes", "Code spaces"), ("marginals", None), ("prior_density", None), ("prior_samples", "Generation"),
+    sections = [("codes", "Code spaces"), ("codes_sampled", None), ("marginals", None), ("prior_density", None),
+                ("fidelity_distance", "Holes"), ("prior_samples", "Generation"),
                 ("box_samples", None), ("manifold", None), ("reconstructions", "Reconstruction"),
                 ("class_spread", "Class spread"), ("class_spread_whitened", None), ("training_curves", "Training")]
     for name, heading in sections:

@@ -74,7 +74,21 @@ def glance_blocks(claims: list[Claim]) -> list[Block]:
         rests = f"{c.n} seed{'s' * (c.n != 1)}" if c.verdict != NOT_JUDGED else c.reason
         items.append([f"Claim {i} ({c.title}): ", ("b", c.verdict), f" ({rests}): {MEANING[c.verdict]}; "
                       f"{primary_text(c)}."])
-    return [Heading(2, "Verdicts at a glance"), Bullets(items)]
+    blocks: list[Block] = [Heading(2, "Verdicts at a glance"), Bullets(items)]
+    judged = [(i, c) for i, c in enumerate(claims, 1) if c.verdict != NOT_JUDGED]
+    if len(judged) > 1:
+        survive = [c for _, c in judged if c.verdict_holm == c.verdict]
+        blocks.append(Table(
+            ["claim", "verdict", "p", "p (Holm, across the primaries)", "at the Holm p"],
+            [[f"{i}. {c.title}", c.verdict, fmt_p(c.rows[0].test.p), fmt_p(c.p_holm),
+              Cell(c.verdict_holm, c.verdict_holm in (HOLDS, FAILS))] for i, c in judged],
+            numeric=(2, 3),
+            caption=f"The study judges {len(judged)} primaries; Holm's step-down adjusts their p-values for that. "
+                    f"{len(survive)} of {len(judged)} verdicts survive the adjustment"
+                    + ("" if len(survive) == len(judged) else
+                       "; the others read 'inconclusive' at the adjusted p (a target test's interval stays the same)")
+                    + "."))
+    return blocks
 
 
 def claim_blocks(claims: list[Claim]) -> list[Block]:

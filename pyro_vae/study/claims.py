@@ -12,7 +12,8 @@
 A test is a metric key (the candidate against the baseline, paired by seed) or a table
 { metric, against = "baseline" | "target", tolerance } (the candidate's values against the
 metric's ideal value). The claim's verdict is its primary test's outcome
-(pyro_vae.study.statistics); the secondary tests are shown with Holm-adjusted p-values.
+(pyro_vae.study.statistics); the secondary tests are shown with Holm-adjusted p-values, and each
+primary's p-value is also Holm-adjusted across the study's claims (Claim.p_holm, Claim.verdict_holm).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ CLAIM_RULE = (
     f"otherwise: no clear difference is not a refutation. A test against a target holds when the interval of the "
     f"candidate's mean lies inside target ± tolerance and fails when it lies outside. Intervals and p-values: "
     f"{METHOD}. Secondary metrics are decided at p < {ALPHA:g} after Holm's correction over the claim's secondary "
-    f"tests; they inform, they do not change the verdict. A claim with fewer seeds than it needs, or whose metric is "
+    f"tests; they inform, they do not change the verdict. A study judges several primaries, so each verdict is also "
+    f"stated at its primary p-value Holm-adjusted across the study's claims (whether it survives). A claim with fewer seeds than it needs, or whose metric is "
     f"not comparable between the two variants, is '{NOT_JUDGED}', with the reason."
 )
 
@@ -204,6 +206,8 @@ class Claim:
     reason: str = ""  # why the verdict is "not judged"
     n: int = 0  # seeds the verdict rests on
     secondary: dict[str, int] = field(default_factory=dict)  # outcome -> count
+    p_holm: float = float("nan")  # the primary's p-value, Holm-adjusted across the study's primaries
+    verdict_holm: str = NOT_JUDGED  # the primary's outcome at that adjusted p (does the verdict survive?)
 
 
 Values = Mapping[str, Mapping[str, Mapping[int, float]]]  # variant -> metric -> seed -> value
@@ -262,4 +266,10 @@ def judge_claims(specs: Sequence[ClaimSpec], values: Values, context: Mapping[st
     ``n_classes``, ``n_codes`` and ``latent_dim`` (for data-dependent targets) and ``met``, the
     names in metrics.REQUIREMENTS the variant meets (a metric it may not be ranked on is not judged).
     """
-    return [_judge(spec, values, context or {}) for spec in specs]
+    claims = [_judge(spec, values, context or {}) for spec in specs]
+    # A study judges several primaries: each verdict is also stated at its p Holm-adjusted across them.
+    judged = [c.verdict != NOT_JUDGED for c in claims]
+    for claim, ok, p in zip(claims, judged, holm([c.rows[0].test.p if ok else float("nan") for c, ok in zip(claims, judged)])):
+        claim.p_holm = p
+        claim.verdict_holm = decide(claim.rows[0].test, p) if ok else NOT_JUDGED
+    return claims

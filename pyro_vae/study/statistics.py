@@ -116,13 +116,10 @@ def t_test(samples: Sequence[float], kind: str, tolerance: float = 0.0, min_n: i
     if n < max(min_n, 2):
         return Judgement(kind, NOT_JUDGED, n, tolerance=tolerance,
                     reason=f"rests on {n} seed{'s' * (n != 1)}; needs at least {max(min_n, 2)}")
-    if not np.isfinite(x).all():
-        if np.isposinf(x).all() or np.isneginf(x).all():  # e.g. a collapsed code space: infinite KL on one side
-            m = float(x[0])
-            test = Judgement(kind, NOT_JUDGED, n, m, m, m, 0.0, tolerance, "infinite on every seed")
-            test.outcome = decide(test)
-            return test
-        return Judgement(kind, NOT_JUDGED, n, tolerance=tolerance, reason="infinite values on some seeds only")
+    if not np.isfinite(x).all():  # e.g. a collapsed code space: an infinite KL has no mean, spread or interval
+        which = "every seed" if (np.isposinf(x).all() or np.isneginf(x).all()) else "some seeds"
+        return Judgement(kind, NOT_JUDGED, n, float(x[0]) if which == "every seed" else math.nan, tolerance=tolerance,
+                         reason=f"infinite on {which}: no interval, so no p-value")
     m, df = float(x.mean()), n - 1
     # A floor on the standard error: seeds that agree to the last bit are no proof of a difference.
     se = max(float(x.std(ddof=1)) / math.sqrt(n), 1e-12 * (1.0 + abs(m)))

@@ -266,6 +266,14 @@ class Run:
         parts = [self.vae.encode(x[i : i + batch_size].to(self.device)) for i in range(0, len(x), batch_size)]
         return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
 
+    @torch.no_grad()
+    def sample_posterior(self, x: torch.Tensor, seed: int = 0, batch_size: int = 2000) -> torch.Tensor:
+        """One draw of q(z | x) per image, seeded (a delta guide's draw is its code): together, draws of
+        the aggregate posterior q(z), the codes the decoder was trained on."""
+        with seeded(seed):
+            return torch.cat([self.vae.encoder_guide(x[i : i + batch_size].to(self.device)).sample()
+                              for i in range(0, len(x), batch_size)]).cpu()
+
     def decode(self, z: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
         return torch.cat([self.vae.decode(z[i : i + batch_size].to(self.device)) for i in range(0, len(z), batch_size)]).cpu()
 

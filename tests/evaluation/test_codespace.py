@@ -16,9 +16,8 @@ from pyro_vae.evaluation.evaluate import (
 from pyro_vae.evaluation.holes import Hull
 from pyro_vae.evaluation.metrics import REFERENCE_SAMPLERS, SAMPLERS, sample_key
 
-SETTINGS = EvalSettings(num_samples=20, generated=200, pairs=100, likelihood_images=100, train_codes=600,
-                        hole_codes=300, hole_mass_draws=500, perturb_images=100, null_draws=50, mmd_codes=200,
-                        bootstrap=50, surgery_grid=120)
+SETTINGS = EvalSettings(num_samples=20, generated=200, pairs=100, likelihood_images=100, hole_codes=300,
+                        hole_mass_draws=2000, perturb_images=100, null_draws=50, mmd_codes=200, bootstrap=20)
 
 
 def test_pairs_are_exactly_n_and_of_the_asked_kind():
@@ -70,22 +69,37 @@ def test_reference_rows_anchor_sample_quality(evaluated):
 def test_hole_measures_on_real_models(evaluated):
     for name, (result, arrays) in evaluated.items():
         z = arrays["hole_codes"]
-        assert len(z) == SETTINGS.hole_codes // 2 * 2 or len(z) <= SETTINGS.hole_codes
-        assert (arrays["hole_distance"] >= 0).all() and np.isfinite(arrays["hole_log_density"]).all()
-        assert arrays["hole_decile_precision"].shape == arrays["hole_decile_reencode"].shape == (10,)
+        assert len(z) <= SETTINGS.hole_codes
+        assert (arrays["hole_distance"] >= 0).all()
+        assert arrays["hole_band_precision"].shape == arrays["hole_band_reencode"].shape == (10,)
+        assert np.all(np.diff(arrays["hole_band_distance"]) >= 0)  # tenths ordered by distance
+        assert result["far_band_distance"] > result["near_band_distance"]
+        assert result["far_precision_drop"] == pytest.approx(arrays["hole_band_precision"][0] - arrays["hole_band_precision"][-1])
+        assert result["far_reencode_rise"] == pytest.approx(arrays["hole_band_reencode"][-1] - arrays["hole_band_reencode"][0])
         assert arrays["perturb_precision"].shape == (len(SETTINGS.perturb_eps),)
         assert arrays["perturb_reencode"][0] == pytest.approx(1.0)  # eps = 0: the reconstructions themselves
         assert arrays["perturb_reencode"][-1] > 1.0  # codes pushed 2 spreads away no longer re-encode to themselves
         assert 0 <= result["hole_mass_fitted"] <= 1 and 0 < result["hole_share_inside_hull"] <= 1
-        assert result["hole_reencode_rise"] == pytest.approx(
-            arrays["hole_decile_reencode"][0] - arrays["hole_decile_reencode"][-1])
-        assert result["logdet_spread_sd_low"] <= result["logdet_spread_sd"] <= result["logdet_spread_sd_high"]
-        assert set(result["null_ranges"]) >= {"share_in_95", "mardia_skewness"}
+        assert result["hole_resolution_fitted"] > 0
+        # Every training image's code is used (the old measures took 2,000), with the smaller counts beside it.
+        assert result["train_codes_used"] == 1000
+        for key in ("far_precision_drop", "hole_mass_fitted"):
+            assert list(result["convergence"][key]) == ["1000"]  # the table's smaller counts exceed 1,000 codes
+        assert result["logdet_spread_sd_low"] <= result["logdet_spread_sd_high"]
+        assert set(result["null_ranges"]) >= {"share_in_95", "mardia_skewness", "sampled_share_in_95"}
+        assert arrays["sampled_codes"].shape == arrays["codes"].shape
+        assert 0 < result["mid_same_fid_ratio"] < 10 and result["grid_converged"]
     ae, vae = evaluated["AE"][0], evaluated["VAE"][0]
-    assert (arrays["hole_source"] == 1).any()  # the VAE's recipe includes its prior; the AE (beta = 0) has none
+    ae_arrays, vae_arrays = evaluated["AE"][1], evaluated["VAE"][1]
+    assert (vae_arrays["hole_source"] == 1).any()  # the VAE's recipe includes its prior; the AE (beta = 0) has none
+    assert np.array_equal(ae_arrays["sampled_codes"], ae_arrays["codes"])  # a delta guide's draw is its code
+    assert not np.array_equal(vae_arrays["sampled_codes"], vae_arrays["codes"])
+    assert vae["sampled_share_in_95"] != vae["share_in_95"] and ae["sampled_share_in_95"] == ae["share_in_95"]
     assert "hole_mass_prior" in vae and "hole_mass_prior" not in ae
     assert "mutual_information" in vae and "mutual_information" not in ae
-    assert 0 < vae["mutual_information"] <= np.log(SETTINGS.train_codes) + 1e-6
+    assert 0 < vae["mutual_information"] <= np.log(1000) + 1e-6
+    assert vae["grid_converged"] and vae["aggregate_kl"] >= vae["aggregate_kl_floor"] > 0
+    assert list(vae["convergence"]["aggregate_kl"]) == ["1000"]
     # The AE's codes are far from N(0, I): a Gaussian fitted to them is a better prior for its decoder.
     assert ae["log_px_exact_fitted"] > ae["log_px_exact"]
     assert ae["null_p_share_in_95"] < 0.05
@@ -99,5 +113,28 @@ def test_hole_codes_lie_in_the_training_codes_hull(evaluated, tmp_path_factory):
     from pyro_vae.training.runs import load_run
 
     run = load_run(result["run"])
-    train, _ = _train_codes(run, run.data(), SETTINGS.train_codes, SETTINGS.seed)
-    assert Hull(train).contains(arrays["hole_codes"]).all()
+    _, _, seen = _train_codes(run, run.data(), SETTINGS.train_codes, SETTINGS.seed)
+    assert Hull(seen).contains(arrays["hole_codes"]).all()
+
+
+@pytest.mark.slow
+def test_an_unconverged_exact_grid_is_recorded_and_refused(evaluated, tmp_path, monkeypatch):
+    """The quadrature's converged flag was once dropped, so a grid stopped at its limits was reported as exact."""
+    import shutil
+
+    from pyro_vae.evaluation import codespace, evaluate, grid
+
+    real = grid.grid_log_likelihood
+
+    def stopped_early(*args, **kwargs):  # the real quadrature, as if it had hit max_points first
+        return {**real(*args, **kwargs), "converged": False}
+
+    monkeypatch.setattr(evaluate, "grid_log_likelihood", stopped_early)
+    monkeypatch.setattr(codespace, "grid_log_likelihood", stopped_early)
+    run = tmp_path / "AE"
+    shutil.copytree(evaluated["AE"][0]["run"], run)
+    messages = []
+    result = evaluate_run(run, SETTINGS, log=messages.append)
+    assert result["grid_converged"] is False and np.isnan(result["log_px_exact"]) and np.isnan(result["log_px_exact_fitted"])
+    assert any("did not converge" in m for m in messages)
+    assert evaluated["AE"][0]["grid_converged"] is True and np.isfinite(evaluated["AE"][0]["log_px_exact"])

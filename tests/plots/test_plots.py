@@ -351,3 +351,15 @@ def test_accepts_torch_tensors(codes, labels):
     fig = plots.code_scatter({k: torch.as_tensor(v) for k, v in codes.items()},
                              torch.as_tensor(labels), CLASSES)
     assert len(fig.axes) == len(VARIANTS)
+
+
+def test_fidelity_by_distance_draws_one_line_per_variant_and_refuses_ragged_bands():
+    distance = np.geomspace(0.3, 30, 10)
+    bands = {"AE": (distance, np.linspace(1.0, 0.4, 10), np.linspace(1.0, 4.0, 10)),
+             "VAE": (distance / 3, np.full(10, 0.95), np.full(10, 1.1))}
+    fig = plots.fidelity_by_distance(bands, title="t")
+    left, right = fig.axes[:2]
+    assert len(left.get_lines()) == len(right.get_lines()) == 3  # two variants and the dashed 'as good' line
+    assert left.get_xscale() == "log" and np.allclose(left.get_lines()[0].get_ydata(), bands["AE"][1])
+    with pytest.raises(ValueError, match="one length"):
+        plots.fidelity_by_distance({"AE": (distance, np.ones(9), np.ones(10))})

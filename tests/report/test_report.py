@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import HAVE_FULL_DATA
 
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.metrics import METRICS, flat_metrics
@@ -29,6 +30,10 @@ from pyro_vae.training import runs
 # and 3 declare that two seeds suffice and claim 2 keeps the default (so it is not judged).
 AE_VS_VAE_CLAIMS = read_toml(Path(__file__).resolve().parents[2] / "studies" / "ae_vs_vae.toml")["claims"]
 AE_VS_VAE_CLAIMS = {k: {**c, "min_seeds": 2} if k != "centre" else c for k, c in AE_VS_VAE_CLAIMS.items()}
+# A one-epoch model on 600 images puts none of its reconstructions inside the real images' manifold, so the
+# shipped primary (precision relative to the reconstructions') is undefined there; its re-encoding twin is not.
+AE_VS_VAE_CLAIMS["holes"] = {**AE_VS_VAE_CLAIMS["holes"], "primary": "far_reencode_rise",
+                             "secondary": [t for t in AE_VS_VAE_CLAIMS["holes"]["secondary"] if t != "far_reencode_rise"]}
 
 STUDY = {
     "name": "tiny", "title": "Tiny AE vs VAE <check & escape>", "seeds": [0, 1],
@@ -128,14 +133,17 @@ def test_markdown_links_every_figure_by_relative_path(built):
     on_disk = {f"figures/{p.name}" for p in (out / "figures").glob("*.png")}
     assert linked == on_disk
     for name in ("codes", "prior_samples", "box_samples", "manifold", "reconstructions", "class_spread",
-                 "class_spread_whitened", "training_curves", "marginals", "metric_prior_fid"):
+                 "class_spread_whitened", "training_curves", "marginals", "metric_prior_fid",
+                 "codes_sampled", "fidelity_distance"):  # claim 2's sampled codes beside the means; claim 1's curve
         assert f"figures/{name}.png" in linked, name
 
 
 def test_report_states_setup_and_tables(built):
     _, _, out, _ = built
     text = (out / "report.md").read_text()
-    for phrase in ("## Setup", "Split: official train/test files", "600 training and 300 test images", "Binarisation: dynamic",
+    # The complete data has the official split; the package's sample, a split carved from its one file.
+    split = "Split: official train/test files" if HAVE_FULL_DATA else "Split: carved from the test file only: stratified, seed 0"
+    for phrase in ("## Setup", split, "600 training and 300 test images", "Binarisation: dynamic",
                    "K = 30", "test accuracy", "torch", "## All variants compared", "## All metrics",
                    "share in 95% ball", "prior FID", "seeds 0, 1"):
         assert phrase in text, phrase
@@ -148,7 +156,10 @@ def _independent_verdict(spec: dict, results: list[dict]) -> tuple[str, float, f
 
     test = spec["primary"] if isinstance(spec["primary"], dict) else {"metric": spec["primary"]}
     key = test["metric"]
-    by = {(r["variant"], r["seed"]): flat_metrics(r)[key] for r in results}
+    by = {(r["variant"], r["seed"]): flat_metrics(r).get(key, math.nan) for r in results}
+    sides = ("VAE",) if test.get("against") == "target" else ("AE", "VAE")
+    if any(math.isnan(v) for (variant, _), v in by.items() if variant in sides):  # e.g. a ratio to no faithful reconstruction
+        return "not judged", math.nan, math.nan, math.nan, 0
     if test.get("against") == "target":  # the VAE's seeds against the target, within the tolerance
         d, target, tol = [by[("VAE", s)] for s in (0, 1)], METRICS[key].target, test["tolerance"]
         d = [x - target for x in d]
@@ -180,7 +191,7 @@ def test_verdicts_state_the_numbers_they_rest_on(built):
         outcome, mean, low, high, n = _independent_verdict(spec, results)
         assert line.startswith(f"**Verdict: {outcome}**"), (key, line)
         if outcome == "not judged":
-            assert f"rests on {n} seeds; needs at least {MIN_SEEDS}" in line, line
+            assert (f"rests on {n} seeds; needs at least {MIN_SEEDS}" in line if n else "no values for" in line), line
             continue
         assert f": {fmt_signed(mean)}, 95% interval [{fmt_signed(low)}, {fmt_signed(high)}]" in line, (key, line)
         assert f", {n} seeds" in line and "Secondary tests, Holm-corrected: " in line
@@ -193,7 +204,11 @@ def test_verdicts_state_the_numbers_they_rest_on(built):
         assert f"**{outcome}**" in claim_line and MEANING[outcome] in claim_line, claim_line  # said in words, with its test
         assert "primary test " in claim_line
     assert CLAIM_RULE.split(":")[0] in text and "does not hold" not in text
-    assert "| test | metric | against |" in text and "| primary | share in 95% ball | target 0.95 ± 0.02 |" in text
+    # Claims 1 and 3 are judged: their primaries' p-values Holm-adjusted across the study, beside the raw ones.
+    assert "| claim | verdict | p | p (Holm, across the primaries) | at the Holm p |" in glance
+    # Every number that depends on the count of training codes has its convergence table.
+    assert "## Convergence in the number of training codes" in text and "| variant | N = 600 | moved |" in text
+    assert "| test | metric | against |" in text and "| primary | KL(q(z) ‖ p(z)) | target 0 ± 0.1 |" in text
 
 
 def test_pareto_warning_follows_the_numbers_at_the_sample_size_threshold(built):

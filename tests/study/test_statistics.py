@@ -77,11 +77,20 @@ def test_each_side_is_measured_against_its_own_target():
     assert test.estimate == pytest.approx(0.0) and test.outcome == INCONCLUSIVE
 
 
-def test_infinite_values_decide_only_when_one_side_is_infinite_on_every_seed():
-    assert compare(seeds(math.inf, math.inf, math.inf), seeds(1.0, 1.1, 1.2), "lower").outcome == HOLDS
-    assert compare(seeds(1.0, 1.1, 1.2), seeds(math.inf, math.inf, math.inf), "lower").outcome == FAILS
-    mixed = compare(seeds(math.inf, 3.0, 2.0), seeds(1.0, 1.1, 1.2), "lower")
-    assert mixed.outcome == NOT_JUDGED and "infinite" in mixed.reason
+def test_infinite_values_are_never_decided():
+    """An infinite metric has no mean difference, spread or interval: deciding it at p = 0 (as this once did
+    when one side was infinite on every seed) claims a certainty no test gave."""
+    for base, cand in ((seeds(math.inf, math.inf, math.inf), seeds(1.0, 1.1, 1.2)),
+                       (seeds(1.0, 1.1, 1.2), seeds(math.inf, math.inf, math.inf)),
+                       (seeds(math.inf, 3.0, 2.0), seeds(1.0, 1.1, 1.2))):
+        test = compare(base, cand, "lower")
+        assert test.outcome == NOT_JUDGED and "infinite" in test.reason and math.isnan(test.p)
+
+
+def test_each_side_is_measured_against_its_own_target():
+    # Both sit 0.1 from their own target; against one shared target they would differ by 1.
+    test = compare(seeds(3.1, 3.2, 3.0), seeds(4.1, 4.2, 4.0), "target", 3.0 + 0.0, 4.0)
+    assert test.estimate == pytest.approx(0.0) and test.outcome == INCONCLUSIVE
 
 
 @pytest.mark.parametrize("values, tolerance, expected", [
