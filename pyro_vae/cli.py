@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
 from typing import Any, Callable
 
@@ -36,7 +37,17 @@ class _Formatter(argparse.HelpFormatter):
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Formatter)
+        kwargs.setdefault("allow_abbrev", False)  # --epoch is not --epochs: a typo must not pass as a prefix
         super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:  # the command's own flags, for the nearest one to what was typed
+            commands = self._subparsers._group_actions[0].choices if self._subparsers else {}
+            command = commands.get(getattr(namespace, "command", None), self)
+            close = difflib.get_close_matches(extras[0].split("=")[0], list(command._option_string_actions), n=1)
+            command.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {close[0]}?" if close else ""))
+        return namespace
 
     def error(self, message: str):  # one line, exit 2, like every other user error
         command = self.prog.removeprefix("pyro-vae").strip()

@@ -42,6 +42,18 @@ def test_bad_settings_get_one_line_errors(capsys, tmp_path, argv, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv, suggestion", [
+    (["train", "--epcohs", "5"], "did you mean --epochs?"),
+    (["train", "--epoch", "2", "--latent", "3"], "did you mean --epochs?"),  # a prefix is not a flag
+    (["study", "s.toml", "--out", "o", "--wrokers", "2"], "did you mean --workers?"),
+    (["evaluate", "r", "--nmu-samples=3"], "did you mean --num-samples?"),
+])
+def test_a_mistyped_flag_is_refused_with_the_nearest_one(capsys, tmp_path, argv, suggestion):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and "unrecognized arguments: " in err and suggestion in err and err.count("\n") == 1
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
 def test_what_needs_no_data_is_checked_before_the_data(capsys, tmp_path, monkeypatch):
     """With PYRO_VAE_DATA pointing at an empty folder, loading data would fail: these errors must come first."""
     monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "empty"))

@@ -98,6 +98,9 @@ def _serve(nodes: int, cpus: int, temp: str) -> None:
     """The child process: start the nodes, print the address, keep them until SIGTERM."""
     from ray.cluster_utils import Cluster
 
+    # Ray's Cluster records the head's address in its default temp folder even when temp_dir is given, and
+    # does not create that folder (on a fresh machine: FileNotFoundError for /tmp/ray/ray_current_cluster).
+    os.makedirs(os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray"), exist_ok=True)
     memory = 80 * 2**20
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": cpus, "object_store_memory": memory, "include_dashboard": False, "temp_dir": temp})
