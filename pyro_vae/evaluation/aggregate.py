@@ -71,8 +71,8 @@ def aggregate_kl(means: np.ndarray, scales: np.ndarray, log_prior: Callable[[np.
     """ELBO surgery (Hoffman & Johnson 2016): E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)).
 
     Returns avg_kl, aggregate_kl, mutual_information (nats) and, in 2-D, grid_step, grid_cells (the
-    larger axis's node count), grid_mass and grid_converged. An unconverged 2-D grid gives NaN for the
-    two numbers that need it, and ``refused`` says why.
+    larger axis's node count), grid_mass and grid_converged. An unconverged 2-D grid gives NaN for all
+    three (each needs an integral over q(z)), and ``refused`` says why.
     """
     means, scales = np.asarray(means, dtype=np.float64), np.asarray(scales, dtype=np.float64)
     d = means.shape[1]

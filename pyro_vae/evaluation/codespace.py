@@ -111,7 +111,8 @@ def _fitted_draws(codes: np.ndarray, seed: int) -> tuple[Callable[[int], np.ndar
     """Seeded draws from, and the log density of, the Gaussian fitted to the codes (the same standard
     normal numbers for every fit: the convergence table changes one thing at a time)."""
     mean, cov = fit_gaussian(codes)
-    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(len(mean)))
+    cov = cov + 1e-12 * np.eye(len(mean))  # codes on a line still get a density (the hull handles them too)
+    chol = np.linalg.cholesky(cov)
     return (lambda m: mean + np.random.default_rng(seed).standard_normal((m, len(mean))) @ chol.T), _log_gaussian(mean, cov)
 
 

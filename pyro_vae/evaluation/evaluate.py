@@ -95,7 +95,7 @@ class EvalSettings:
 _SETTING_RANGES = {"num_samples": (1, int), "likelihood_images": (1, int), "grid_tol": (1e-12, float),
                    "generated": (2, int), "pairs": (1, int), "seed": (0, int), "knn_k": (1, int), "train_codes": (10, int),
                    "hole_codes": (10, int), "hole_mass_draws": (1, int), "perturb_images": (1, int), "null_draws": (20, int),
-                   "mmd_codes": (2, int), "bootstrap": (1, int), "kl_grid_cells": (16, int)}
+                   "mmd_codes": (2, int), "bootstrap": (1, int), "kl_grid_cells": (129, int)}  # two grids, the second of at least 129 cells
 _SETTING_OPTIONAL = {"likelihood_images", "train_codes"}  # None: all images
 _SETTING_HIGH = {"seed": SEED_LIMIT}
 
@@ -228,7 +228,7 @@ def _evaluate_run(run: Run, settings: EvalSettings, scorer: Scorer | None, data:
         grid = grid_log_likelihood(vae, lx, tol=settings.grid_tol)
         # An unconverged quadrature is refused: its number would be reported as exact.
         result.update(log_px_exact=float(grid["log_px"].mean()) if grid["converged"] else math.nan,
-                      grid_points=int(grid["grid_points"]), grid_converged=bool(grid["converged"]))
+                      grid_points=int(grid["grid_points"]), log_px_grid_converged=bool(grid["converged"]))
         if not grid["converged"]:
             log(f"{run.path}: the exact 2-D log p(x) grid did not converge to {settings.grid_tol:g} nats; "
                 "log p(x) exact is left out (NaN)")
@@ -252,6 +252,9 @@ def _evaluate_run(run: Run, settings: EvalSettings, scorer: Scorer | None, data:
     # FID grows as images blur and as fewer are scored: midpoints against as many reconstructions of
     # held-out images, so the ratio says what the midpoints lose beyond the model's own blur.
     held = torch.as_tensor(scorer.held_out[: settings.pairs])
+    if len(held) < settings.pairs:  # a small test set: say so rather than compare unequal counts
+        log(f"{run.path}: {len(held)} held-out images for {settings.pairs} midpoint pairs; the midpoint FID ratio "
+            "compares unequal counts (set [evaluation] pairs to at most half the test images)")
     recon_fid = scorer.score(run.decode(codes[held]), "recon_pairs", settings.knn_k)["recon_pairs_fid"]
     for name in ("mid_same", "mid_diff"):
         result[f"{name}_fid_ratio"] = result[f"{name}_fid"] / recon_fid if recon_fid > 0 else math.nan

@@ -270,7 +270,7 @@ class Run:
     def sample_posterior(self, x: torch.Tensor, seed: int = 0, batch_size: int = 2000) -> torch.Tensor:
         """One draw of q(z | x) per image, seeded (a delta guide's draw is its code): together, draws of
         the aggregate posterior q(z), the codes the decoder was trained on."""
-        with seeded(seed):
+        with seeded(seed, self.device):
             return torch.cat([self.vae.encoder_guide(x[i : i + batch_size].to(self.device)).sample()
                               for i in range(0, len(x), batch_size)]).cpu()
 
