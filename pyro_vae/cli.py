@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import difflib
 import sys
+import threading
 from typing import Any, Callable
 
 from pyro_vae.errors import UserError
@@ -160,9 +161,18 @@ def _train(args: argparse.Namespace) -> int:
     cfg.update(flags, "flags")
     for key, values in options.items():
         getattr(cfg, key).update(values)
-    run = train(cfg, args.out, force=args.force, progress=not args.no_progress, plugins=plugin_records, tensorboard=tensorboard)
+    with _stdout_for_the_result():
+        run = train(cfg, args.out, force=args.force, progress=not args.no_progress, plugins=plugin_records, tensorboard=tensorboard)
     print(run)
     return 0
+
+
+def _stdout_for_the_result():
+    """A command's stdout carries its result alone (a path, JSON) for scripts to read: whatever runs
+    meanwhile (a plugin's print) goes to stderr."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +192,7 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
                         "the value is read as TOML; default: none)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files into each run's tensorboard/ folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _quick_argument(p)
     _execution_arguments(p)
 
 
@@ -212,13 +223,13 @@ def _study(args: argparse.Namespace) -> int:
 
     from pyro_vae.report.build import build_report, check_report_folder
     from pyro_vae.training import runs
-    from pyro_vae.study.overrides import parse_seeds, with_overrides
+    from pyro_vae.study.overrides import parse_seeds, with_overrides, with_quick
     from pyro_vae.study.runner import Study, run_study
 
     settings = _parse_options(args.settings, "--set")
     settings.update({key: value for key, value in (("epochs", args.epochs), ("data_dir", args.data_dir)) if value is not None})
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    study = with_overrides(Study.load(args.study), args.study, settings, seeds)
+    study = with_quick(with_overrides(Study.load(args.study), args.study, settings, seeds), args.quick, Path(args.out))
     if args.report:  # before hours of training
         check_report_folder(Path(args.report), "--report")
     study.plugins = [r["plugin"] for r in args.plugin_records] + study.plugins  # runs record both
@@ -227,9 +238,11 @@ def _study(args: argparse.Namespace) -> int:
         from pyro_vae.training.tensorboard import require
 
         require()  # before the first run trains
-    runs_dir = run_study(study, args.out, progress=not args.no_progress, execution=_execution(args))
-    with runs.locked(runs_dir):  # the report may evaluate runs: no other study or report meanwhile
-        print(build_report(runs_dir, args.report or runs_dir / "report"))
+    with _stdout_for_the_result():
+        runs_dir = run_study(study, args.out, progress=not args.no_progress, execution=_execution(args))
+        with runs.locked(runs_dir):  # the report may evaluate runs: no other study or report meanwhile
+            report = build_report(runs_dir, args.report or runs_dir / "report")
+    print(report)
     return 0
 
 
@@ -238,6 +251,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
                    help="the folder a study wrote its runs into (e.g. runs/ae_vs_vae), or run folders to compare side "
                         "by side (e.g. runs/ae runs/vae; each is named after its folder)")
     p.add_argument("--out", required=True, metavar="DIR", help="report folder, e.g. runs/ae_vs_vae/report")
+    _quick_argument(p)
 
 
 @command("report", "build a report from finished runs: a study's (unfinished ones listed) or any run folders "
@@ -249,36 +263,55 @@ def _report(args: argparse.Namespace) -> int:
     from pyro_vae.study.spec import STUDY_FILE
     from pyro_vae.training import runs
 
-    if len(args.runs) == 1 and (Path(args.runs[0]) / STUDY_FILE).exists():
-        with runs.locked(args.runs[0]):  # it may evaluate runs: no study or other report on the folder meanwhile
-            print(build_report(args.runs[0], args.out))
-    elif len(args.runs) == 1 and not Path(args.runs[0]).is_dir():
+    if len(args.runs) == 1 and not (Path(args.runs[0]) / STUDY_FILE).exists() and not Path(args.runs[0]).is_dir():
         raise UserError(f"{args.runs[0]} does not exist; give a study's RUNS_DIR or run folders")
-    else:
-        print(build_runs_report(args.runs, args.out))
+    with _stdout_for_the_result():
+        if len(args.runs) == 1 and (Path(args.runs[0]) / STUDY_FILE).exists():
+            with runs.locked(args.runs[0]):  # it may evaluate runs: no study or other report on the folder meanwhile
+                report = build_report(args.runs[0], args.out, quick=args.quick)
+        else:
+            report = build_runs_report(args.runs, args.out, quick=args.quick)
+    print(report)
     return 0
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run folder")
-    p.add_argument("--num-samples", type=int, default=1000, help="importance samples per image (K), e.g. 100 for a quick look (default: 1000)")
+    p.add_argument("--num-samples", type=int, help="importance samples per image (K), e.g. 100 for a quick look (default: 1000)")
     p.add_argument("--likelihood-images", type=int, metavar="N",
                    help="estimate log p(x) on the first N test images only, e.g. 500 (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's random draws, e.g. 1 (default: 0)")
+    _quick_argument(p)
     p.add_argument("--json", action="store_true", help="print the whole evaluation as JSON instead of the summary")
+
+
+def _quick_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="a quick evaluation for a first look: K = 100 on 500 test images, "
+                   "1000 generated images, 20 bootstrap rounds, 10,000 training codes (stated in the report; default: off)")
 
 
 @command("evaluate", "evaluate a run: ELBO, log p(x), latent metrics, sample quality -> evaluation.json", _evaluate_arguments)
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from pyro_vae.evaluation import cost
     from pyro_vae.evaluation.evaluate import EvalSettings, evaluate_run
 
-    if args.num_samples < 1:
-        raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
-    if args.likelihood_images is not None and args.likelihood_images < 1:
-        raise UserError(f"--likelihood-images must be at least 1 (or left out for all test images), got {args.likelihood_images}")
-    result = evaluate_run(args.run_dir, EvalSettings(num_samples=args.num_samples, likelihood_images=args.likelihood_images, seed=args.seed))
+    for flag, value in (("--num-samples", args.num_samples), ("--likelihood-images", args.likelihood_images)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    values = {**(cost.quick({}) if args.quick else {}), "seed": args.seed}
+    values.update({k: v for k, v in (("num_samples", args.num_samples), ("likelihood_images", args.likelihood_images)) if v is not None})
+    settings = EvalSettings.from_dict(values)
+    keys = []
+
+    def announce(run, settings) -> None:
+        keys.append(cost.kind_of_record(run.config, run.record, settings))
+        print(cost.announce([args.run_dir], keys, settings) + (" (the --quick preset)" if args.quick else ""), file=sys.stderr)
+
+    with _stdout_for_the_result():
+        result = evaluate_run(args.run_dir, settings, announce=announce)
+    cost.remember(keys[0], result["eval_seconds"])
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -311,13 +344,27 @@ def parser() -> argparse.ArgumentParser:
 # What Ctrl-C leaves behind, per command (files are written whole or not at all, so nothing is half-written).
 INTERRUPTED = {
     "train": "finished epochs are kept in the run folder (continue with --resume)",
+    "report": "the report folder holds the previous report, if any, as it was (run the command again)",
     "study": "finished epochs and evaluations are kept (run the same study command again to continue)",
 }
 INTERRUPTED_OTHERWISE = "no file was left half-written (run the command again)"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, stopped as Ctrl-C stops a command: the same clean-up (workers stopped, locks and
+    semaphores released) and the same message of what was kept."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = None
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         args = parser().parse_args(argv)
         args.plugin_records = _load_plugins(args.plugin)
@@ -325,10 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         kept = INTERRUPTED.get(getattr(args, "command", None), INTERRUPTED_OTHERWISE)
-        print(f"pyro-vae: interrupted; {kept}", file=sys.stderr)
-        return 130
+        print(f"pyro-vae: {'stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted'}; {kept}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,47 @@ SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 OUTPUT_BIASES = ("default", "data-mean")
 
 
+def check_value(what: str, value: Any, kind: type, low: float | None = None, high: float | None = None, *,
+                above: bool = False, optional: bool = False) -> Any:
+    """`value` if it is a `kind` within [low, high] (`above`: low itself excluded), else a one-line
+    UserError saying what `what` must be. int: a whole number (not a bool); float: a finite int or
+    float; str: a string; list: a non-empty list of finite numbers, each within the bounds.
+    `optional`: None passes too. The one check of every number and name a file or flag may hold."""
+    if value is None and optional:
+        return value
+    if kind is list:
+        ok = isinstance(value, list) and bool(value) and all(_within(v, float, low, high, above) for v in value)
+    else:
+        ok = isinstance(value, str) if kind is str else _within(value, kind, low, high, above)
+    if not ok:
+        raise UserError(f"{what} must be {_described(kind, low, high, above)}{' (or left out)' if optional else ''}, got {value!r}")
+    return value
+
+
+def _within(value: Any, kind: type, low: float | None, high: float | None, above: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return (low is None or (value > low if above else value >= low)) and (high is None or value <= high)
+
+
+def _described(kind: type, low: float | None, high: float | None, above: bool) -> str:
+    if kind is str:
+        return "a string"
+    bounds = [f"above {low}" if above else f"of at least {low}"] if low is not None else []
+    bounds += [f"at most {high}"] if high is not None else []
+    if low is not None and high is not None and not above:
+        bounds = [f"from {low} to {high}"]
+    if kind is not int and high is None and bounds:
+        bounds.append("finite")
+    said = " and ".join(bounds)
+    if kind is list:
+        return f"a non-empty list of {'finite ' if not bounds else ''}numbers{', each ' + said if said else ''}"
+    noun = "a whole number" if kind is int else "a number" if bounds else "a finite number"
+    return f"{noun}{' ' + said if said else ''}"
+
+
 def setting(default: Any, help: str, *, factory: Callable[[], Any] | None = None) -> Any:
     """A TrainConfig field with its help text: the CLI's flags and their help are made from these."""
     if factory is not None:
@@ -57,6 +98,7 @@ class TrainConfig:
     network_options: dict = setting(None, "options of the network, e.g. hidden=[200,200] or activation=tanh for mlp", factory=dict)
     guide_options: dict = setting(None, "options of the guide, e.g. steps=2 for iaf", factory=dict)
     prior_options: dict = setting(None, "options of the prior, e.g. components=10 for mixture or vamp", factory=dict)
+    likelihood_options: dict = setting(None, "options of the likelihood, e.g. r_loss_factor=1000 or scale=0.5 for normal", factory=dict)
     objective_options: dict = setting(None, "options of the objective, e.g. alpha=0.5 for renyi", factory=dict)
     lr_schedule_options: dict = setting(None, "options of the schedule, e.g. stages=5 for burda, every=30 for step", factory=dict)
 
@@ -90,13 +132,13 @@ class TrainConfig:
         from pyro_vae.data import BINARIZATIONS, DATASETS
         from pyro_vae.components.schedules import SCHEDULES
 
+        _typed(self)  # first: a name given as a list is a type error, not an unknown name
         for registry, name in (
             (DATASETS, self.dataset), (GUIDES, self.guide), (PRIORS, self.prior), (LIKELIHOODS, self.likelihood),
             (OBJECTIVES, self.objective), (NETWORKS, self.network), (BINARIZATIONS, self.binarize),
             (SCHEDULES, self.lr_schedule),
         ):
             registry.check(name)
-        _typed(self)
         positive = {"latent_dim": 1, "hidden_dim": 1, "batch_size": 1, "num_particles": 1, "epochs": 0, "beta_warmup_epochs": 0,
                     "validation": 0, "plateau_patience": 0, "plateau_cuts": 0}
         for name, low in positive.items():
@@ -135,22 +177,28 @@ class TrainConfig:
 
 
 def _typed(cfg: TrainConfig) -> None:
-    """Coerce values from TOML/flags to the field's type, with a clear error when impossible."""
+    """Coerce values from TOML/flags to the field's type, with a clear error when impossible: a name or
+    folder must be a string, options a table, a count or rate a number (None only where the field allows it)."""
     for f in fields(cfg):
-        value = getattr(cfg, f.name)
+        value, flag = getattr(cfg, f.name), f.name.replace("_", "-")
         kind = f.type.split(" | ")[0]
-        if value is None or kind in ("str", "dict"):
-            if kind == "dict" and not isinstance(value, dict):
+        if value is None and "None" in f.type:
+            continue
+        if kind == "str":
+            check_value(flag, value, str)
+            continue
+        if kind == "dict":
+            if not isinstance(value, dict):
                 raise UserError(f"{f.name} must be a table of options, got {value!r}")
             continue
-        if isinstance(value, bool):  # a bool is an int to Python, never a count or a rate here
-            raise UserError(f"{f.name.replace('_', '-')} must be a number ({kind}), got {value!r}")
+        if isinstance(value, bool) or value is None:  # a bool is an int to Python, never a count or a rate here
+            raise UserError(f"{flag} must be a number ({kind}), got {value!r}")
+        if kind == "int" and isinstance(value, float) and not value.is_integer():  # 2.5, inf, nan
+            raise UserError(f"{flag} must be a whole number, got {value!r}")
         try:
             converted = {"int": int, "float": float}[kind](value)
         except (TypeError, ValueError):
-            raise UserError(f"{f.name.replace('_', '-')} must be a number ({kind}), got {value!r}") from None
+            raise UserError(f"{flag} must be a number ({kind}), got {value!r}") from None
         if kind == "int" and converted != value and not isinstance(value, str):
-            raise UserError(f"{f.name.replace('_', '-')} must be a whole number, got {value!r}")
+            raise UserError(f"{flag} must be a whole number, got {value!r}")
         setattr(cfg, f.name, converted)
-
-

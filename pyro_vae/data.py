@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import sys
 import time
@@ -198,8 +199,28 @@ def _download(spec: DatasetSpec, root: Path) -> None:
 
 
 # A download that failed once in this process is not tried again: offline, each try costs seconds
-# (name resolution for every mirror), and a study loads its data once per run.
+# (name resolution for every mirror), and a study loads its data once per run. The default
+# download's failures are also handed to the processes this one starts (a study's workers) through
+# the environment, so that a study tries once and says so once.
 _FAILED_DOWNLOADS: dict[tuple[str, Callable], str] = {}
+FAILED_DOWNLOADS_ENV = "PYRO_VAE_FAILED_DOWNLOADS"
+
+
+def _handed_down() -> dict[str, str]:
+    try:
+        failed = json.loads(os.environ.get(FAILED_DOWNLOADS_ENV) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return {k: v for k, v in failed.items() if isinstance(v, str)} if isinstance(failed, dict) else {}
+
+
+def _inherited_failure(dataset: str, download: Callable) -> str | None:
+    return _handed_down().get(dataset) if download is _download else None
+
+
+def _hand_down_failure(dataset: str, download: Callable, reason: str) -> None:
+    if download is _download:
+        os.environ[FAILED_DOWNLOADS_ENV] = json.dumps({**_handed_down(), dataset: reason})
 
 
 def download_failure_reason(error: Exception) -> str:
@@ -241,13 +262,14 @@ def locate(
     raw = cache_root / spec.folder / "raw"
     if _available_splits(raw):
         return raw, "cache"
-    reason = _FAILED_DOWNLOADS.get((dataset, download))
+    reason = _FAILED_DOWNLOADS.get((dataset, download)) or _inherited_failure(dataset, download)
     said = reason is not None
     try:
         if reason is None:
             download(spec, cache_root)
     except Exception as e:  # torchvision raises RuntimeError/URLError/OSError offline
         reason = _FAILED_DOWNLOADS[dataset, download] = download_failure_reason(e)
+        _hand_down_failure(dataset, download, reason)
     if reason is not None:
         if dataset == "mnist":
             if not said:  # once per process: a study loads the data once per run

@@ -8,7 +8,7 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.components.guides import GUIDES
-from pyro_vae.components.likelihoods import LIKELIHOODS, Likelihood
+from pyro_vae.components.likelihoods import Likelihood, build_likelihood
 from pyro_vae.components.networks import build_network
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.errors import UserError
@@ -72,4 +72,4 @@ def _build_vae(cfg) -> VAE:
     guide = GUIDES[cfg.guide](cfg.latent_dim, lambda out_dim: network.encoder(out_dim, cfg.hidden_dim), **cfg.guide_options)
     prior = PRIORS[cfg.prior](cfg.latent_dim, guide, **cfg.prior_options)
     decoder = network.decoder(cfg.latent_dim, cfg.hidden_dim)
-    return VAE(prior, guide, decoder, LIKELIHOODS[cfg.likelihood], cfg.beta)
+    return VAE(prior, guide, decoder, build_likelihood(cfg.likelihood, cfg.likelihood_options), cfg.beta)

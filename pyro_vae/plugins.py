@@ -97,6 +97,25 @@ def _import(spec: str) -> Path:
     return Path(module.__file__).resolve()
 
 
+def _import_guarded(spec: str) -> Path:
+    """_import, with the plugin's prints sent to stderr (stdout carries a command's answer, such as
+    `evaluate --json`) and torch's default dtype kept: a plugin that changes it is refused, by name."""
+    import torch
+
+    dtype = torch.get_default_dtype()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            path = _import(spec)
+    finally:
+        changed = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+    if changed != dtype:
+        raise UserError(f"plugin {spec} changed torch's default dtype to {changed} on import; pyro-vae needs {dtype} (its "
+                        f"models, checkpoints and evaluation are {str(dtype).replace('torch.', '')}): remove its "
+                        "torch.set_default_dtype call")
+    return path
+
+
 def load(spec: str, base: str | Path | None = None) -> dict:
     """Import one plugin (once per process; again if its file changed) and return its record."""
     spec = resolve(spec, base)
@@ -110,7 +129,7 @@ def load(spec: str, base: str | Path | None = None) -> dict:
             sys.modules.pop(spec, None)
     before = _names()
     try:
-        path = _import(spec)
+        path = _import_guarded(spec)
     except UserError:
         _unregister(_names() - before)
         raise

@@ -41,6 +41,15 @@ class Registry(Generic[T]):
 
         return add
 
+    def build(self, name: str, options: dict, value_type: type) -> T:
+        """The entry `name` made with its options: an entry that is already a `value_type` takes none,
+        any other is a factory called with them."""
+        entry = self[name]
+        if isinstance(entry, value_type):
+            check_options(self.kind, name, options, [])
+            return entry
+        return entry(**options)
+
     def unregister(self, name: str) -> None:
         """Drop an entry (a plugin's, when its import fails half-way or its file changed)."""
         self._entries.pop(name, None)
@@ -50,6 +59,8 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def check(self, name: str) -> None:
+        if not isinstance(name, str):  # a list or number from a TOML file: not a name at all
+            raise UserError(f"a {self.kind} is named by a string, got {name!r}; choose one of: {', '.join(self.names())}")
         if name not in self._entries:
             raise UserError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
 
@@ -57,7 +68,7 @@ class Registry(Generic[T]):
         return list(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
 
 # ---------------------------------------------------------------------------------------------

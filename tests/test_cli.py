@@ -285,3 +285,92 @@ def test_help_and_argument_errors_import_neither_torch_nor_pyro(argv):
             "print(sorted(m for m in ('torch', 'pyro', 'numpy') if m in sys.modules))" % argv)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "[]", (done.stdout, done.stderr)
+
+
+PRINTING_PRIOR = '''
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_vae import register_prior
+
+print("plugin imported")
+
+
+@register_prior("chatty")
+class ChattyPrior(nn.Module):
+    def __init__(self, z_dim, guide=None):
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(z_dim))
+
+    def forward(self):
+        print("a prior is made")
+        return dist.Normal(self.loc, 1.0).to_event(1)
+'''
+
+
+def test_evaluate_says_what_it_evaluates_and_how_long_it_will_take_and_quick_is_recorded(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path / "cache"))  # nothing of this kind timed yet
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--out", str(run), "--epochs", "1", *SMALL)[0] == 0
+    code, out, err = run_cli(capsys, "evaluate", str(run), "--quick", "--likelihood-images", "40")
+    assert code == 0, err
+    first = err.splitlines()[0]
+    assert first.startswith(f"evaluating 1 run ({run}): log p(x) with K = 100 on the first 40 test images, 1000 generated")
+    assert "no estimate yet" in first and "the --quick preset" in first
+    settings = json.loads((run / "evaluation.json").read_text())["settings"]
+    from pyro_vae.evaluation.cost import QUICK
+
+    assert settings == {**settings, **QUICK, "likelihood_images": 40}  # the preset, the flag over it, in the record
+    code, out, err = run_cli(capsys, "evaluate", str(run), "--quick", "--likelihood-images", "40")
+    assert code == 0 and "; about " in err.splitlines()[0] and "took here before" in err.splitlines()[0]
+
+
+def test_evaluate_json_stays_json_when_a_plugin_prints(tmp_path):
+    plugin = tmp_path / "chatty.py"
+    plugin.write_text(PRINTING_PRIOR)
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "--plugin", str(plugin), "--prior", "chatty",
+                           "--out", str(run), "--epochs", "1", *SMALL], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "evaluate", str(run), "--json", "--num-samples", "5",
+                           "--likelihood-images", "20"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["epochs_trained"] == 1  # nothing but the JSON on stdout
+    assert "a prior is made" in done.stderr and "plugin imported" in done.stderr  # the plugin's words, kept on stderr
+
+
+QUICK_STUDY = """
+name = "q"
+seeds = [0]
+[base]
+dataset = "mnist"
+epochs = 1
+train_limit = 500
+test_limit = 200
+[variants.VAE]
+guide = "gaussian"
+[evaluation]
+generated = 300
+"""
+
+
+def test_study_quick_evaluates_with_the_preset_says_so_and_will_not_replace_a_full_evaluation(tmp_path, capsys):
+    from pyro_vae.evaluation.cost import QUICK
+
+    study = tmp_path / "q.toml"
+    study.write_text(QUICK_STUDY)
+    code, out, err = run_cli(capsys, "study", str(study), "--out", str(tmp_path / "quick"), "--quick", "--no-progress")
+    assert code == 0, err
+    settings = json.loads((tmp_path / "quick" / "VAE" / "seed-0" / "evaluation.json").read_text())["settings"]
+    assert settings["num_samples"] == QUICK["num_samples"] and settings["bootstrap"] == QUICK["bootstrap"]
+    assert settings["generated"] == 300  # the file asked for fewer than the preset: its value stands
+    report = (tmp_path / "quick" / "report" / "report.md").read_text()
+    assert "evaluation → the quick preset (--quick: num" in report and "K = 100 samples per image" in report
+    # A study evaluated at its own settings: --quick on its report would give those numbers up, so it is refused.
+    code, _, err = run_cli(capsys, "study", str(study), "--out", str(tmp_path / "full"), "--no-progress")
+    assert code == 0, err
+    evaluation = (tmp_path / "full" / "VAE" / "seed-0" / "evaluation.json").read_bytes()
+    code, out, err = run_cli(capsys, "report", str(tmp_path / "full"), "--out", str(tmp_path / "r"), "--quick")
+    assert code == 2 and err.strip().endswith("--quick would replace that evaluation with a quicker one: drop --quick"), err
+    assert (tmp_path / "full" / "VAE" / "seed-0" / "evaluation.json").read_bytes() == evaluation and not (tmp_path / "r").exists()

@@ -1,5 +1,7 @@
 import gzip
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,6 +139,8 @@ def test_offline_download_falls_back_to_the_embedded_mnist(monkeypatch, tmp_path
     """The real torchvision download, which fails here (no internet): MNIST falls back, loudly."""
     monkeypatch.delenv("PYRO_VAE_DATA")
     monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path))
+    monkeypatch.setenv(data.FAILED_DOWNLOADS_ENV, "")  # restored afterwards: the failure is handed down through it
+    data._FAILED_DOWNLOADS.clear()
     notes = []
     try:
         raw, origin = data.locate("mnist", notify=notes.append)
@@ -151,6 +155,11 @@ def test_offline_download_falls_back_to_the_embedded_mnist(monkeypatch, tmp_path
     d = data.load("mnist", notify=notes.append)
     assert d.provenance["origin"] == "embedded" and "shipped" in d.provenance["note"]
     assert len(d.train_x) == 8000
+    assert len(notes) == 1  # said once in this process
+    # A process this one starts (a study's worker) inherits the failure: no second try, no second notice.
+    child = subprocess.run([sys.executable, "-c", "from pyro_vae import data; print(data.locate('mnist')[1])"],
+                           capture_output=True, text=True, timeout=120)
+    assert child.stdout.strip() == "embedded" and "download" not in child.stderr, child.stderr
 
 
 def test_offline_download_of_fashion_mnist_is_a_clear_error(monkeypatch, tmp_path):

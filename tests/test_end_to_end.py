@@ -104,21 +104,22 @@ def test_quick_path_on_the_embedded_sample_then_loose_runs_report(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYRO_VAE_DATA"}
     env["PYRO_VAE_CACHE"] = str(tmp_path / "cache")
     runs_dir = tmp_path / "quick"
-    done = subprocess.run(["pyro-vae", "study", "studies/ae_vs_vae.toml", "--epochs", "1", "--seeds", "0",
+    done = subprocess.run(["pyro-vae", "study", "studies/ae_vs_vae.toml", "--epochs", "1", "--seeds", "0", "--quick",
                            "--set", "train_limit=1500", "--set", "test_limit=400", "--out", str(runs_dir)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr
-    assert "study ae_vs_vae: 3 runs (3 variants x 1 seeds), 3 epochs to train" in done.stderr
+    assert "study ae_vs_vae: 3 runs (3 variants x 1 seed), 3 epochs to train" in done.stderr
     assert done.stderr.count("download of mnist failed (Error downloading") == 1 and ".gz:)" not in done.stderr
     assert "\r" not in done.stderr  # stderr is a pipe: no progress-bar frames
     study = json.loads((runs_dir / "study.json").read_text())
-    assert study["overrides"] == {"settings": {"train_limit": 1500, "test_limit": 400, "epochs": 1}, "seeds": [0]}
+    assert study["overrides"] == {"settings": {"train_limit": 1500, "test_limit": 400, "epochs": 1}, "seeds": [0],
+                                  "evaluation": "quick"}
     assert study["seeds"] == [0] and study["base"]["epochs"] == 1
     for variant in ("AE", "MAP-AE", "VAE"):
         record = json.loads((runs_dir / variant / "seed-0" / "config.json").read_text())
         assert record["config"]["epochs"] == 1 and record["data"]["origin"] == "embedded"
     text = (runs_dir / "report" / "report.md").read_text().replace("\\_", "_")  # Markdown escapes underscores
-    assert "EMBEDDED IN THE PACKAGE" in text and "Changed on the command line: train_limit=1500, test_limit=400, epochs=1, seeds 0" in text
+    assert "EMBEDDED IN THE PACKAGE" in text and "Changed on the command line: train_limit → 1500, test_limit → 400, epochs → 1, seeds → 0, evaluation → the quick preset" in text
     assert text.count("**Verdict: not judged**") == 3 and "rests on 1 seed; needs at least 3" in text
 
     loose = cli("report", str(runs_dir / "AE" / "seed-0"), str(runs_dir / "VAE" / "seed-0"), "--out", str(tmp_path / "side"))

@@ -102,7 +102,7 @@ def test_a_real_full_disk_keeps_epoch_one_and_leaves_no_temporary_file(one_epoch
     (line,) = _error_lines(capsys.readouterr().err)
     assert "the disk is full" in line and "the checkpoint of epoch 1 is kept" in line
     assert [m["epoch"] for m in runs.read_metrics(run)] == [1]
-    assert runs.load_checkpoint(run)["epoch"] == 1
+    assert runs.load_checkpoint(run, run_id=runs.read_config(run)[1]["run_id"])["epoch"] == 1
     carved = [] if HAVE_FULL_DATA else ["split.json"]  # the sample's carved split keeps its indices beside the run
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl", *carved]
 

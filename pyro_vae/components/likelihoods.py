@@ -1,4 +1,8 @@
-"""Observation models p(x | z) from decoder logits, chosen by name."""
+"""Observation models p(x | z) from decoder logits, chosen by name.
+
+`LIKELIHOODS[name]` is a Likelihood, or a factory called with the likelihood's options (the
+`likelihood_options` table) that returns one, as networks are.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,24 @@ import pyro.distributions as dist
 import torch
 from torch.nn.functional import softplus
 
-from pyro_vae.registry import Registry
+from pyro_vae.errors import UserError
+from pyro_vae.registry import Registry, float_option
 
 
 @dataclass(frozen=True)
 class Likelihood:
     distribution: Callable[[torch.Tensor], dist.Distribution]  # logits (..., 784) -> event dim 1
     mean: Callable[[torch.Tensor], torch.Tensor]  # logits -> expected image
+    record: dict | None = None  # what config.json keeps of it beside its options (e.g. a scale converted from them)
 
 
 LIKELIHOODS: Registry[Likelihood] = Registry("likelihood")
+PIXELS = 784
+
+
+def build_likelihood(name: str, options: dict) -> Likelihood:
+    """The likelihood `name` with its options: a registered Likelihood value takes none."""
+    return LIKELIHOODS.build(name, options, Likelihood)
 
 # validate_args=False: grey values (binarisation "none") are valid Bernoulli means to score, and
 # validation costs time on every step.
@@ -66,3 +78,50 @@ def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
 LIKELIHOODS.register("continuous-bernoulli")(
     Likelihood(lambda logits: ContinuousBernoulli(logits=logits, validate_args=False).to_event(1), continuous_bernoulli_mean)
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Normal with a fixed scale around the decoder's sigmoid output: the squared-error autoencoders'
+# likelihood. The Generative Deep Learning book's VAE loss, r_loss_factor x the mean over the 784
+# pixels of (x - mean)^2, plus the KL, is this ELBO's negative up to a constant: the Normal's
+# -log p(x | z) = sum (x - mean)^2 / (2 scale^2) + 784 log(scale sqrt(2 pi)), the same loss when
+# 1 / (2 scale^2) = r_loss_factor / 784, i.e. scale = sqrt(784 / (2 r_loss_factor)) (0.626 at 1000).
+
+
+def scale_of_r_loss_factor(r_loss_factor: float) -> float:
+    return math.sqrt(PIXELS / (2 * r_loss_factor))
+
+
+def normal_log_constant(scale: float) -> float:
+    """What -log p(x | z) adds to the squared-error term: 784 log(scale sqrt(2 pi))."""
+    return PIXELS * math.log(scale * math.sqrt(2 * math.pi))
+
+
+def normal_scale(scale: float | None = None, r_loss_factor: float | None = None) -> float:
+    """The Normal's scale from one of its two statements (the default: the book's r_loss_factor 1000)."""
+    if scale is not None and r_loss_factor is not None:
+        scale_from_r = scale_of_r_loss_factor(float_option("likelihood normal", "r_loss_factor", r_loss_factor, 1e-12))
+        if not math.isclose(float_option("likelihood normal", "scale", scale, 1e-12), scale_from_r, rel_tol=1e-6):
+            raise UserError(f"likelihood normal: scale {scale} and r_loss_factor {r_loss_factor} disagree (that factor "
+                            f"means scale {scale_from_r:.6g}); give one of them")
+        return scale_from_r
+    if scale is not None:
+        value = float_option("likelihood normal", "scale", scale)
+        if not value > 0:
+            raise UserError(f"likelihood normal option scale must be positive, got {scale!r}")
+        return value
+    factor = 1000.0 if r_loss_factor is None else float_option("likelihood normal", "r_loss_factor", r_loss_factor)
+    if not factor > 0:
+        raise UserError(f"likelihood normal option r_loss_factor must be positive, got {r_loss_factor!r}")
+    return scale_of_r_loss_factor(factor)
+
+
+@LIKELIHOODS.register("normal")
+def normal(*, scale: float | None = None, r_loss_factor: float | None = None) -> Likelihood:
+    """Normal(sigmoid(logits), scale) per pixel, for grey values (binarize "none"); its bound is a
+    density, not comparable to a Bernoulli one. State the scale, or the book's r_loss_factor."""
+    sd = normal_scale(scale, r_loss_factor)
+    record = {"scale": sd} if r_loss_factor is None else {"scale": sd, "r_loss_factor": float(r_loss_factor),
+                                                           "scale_from": "sqrt(784 / (2 r_loss_factor))"}
+    return Likelihood(lambda logits: dist.Normal(torch.sigmoid(logits), sd, validate_args=False).to_event(1), torch.sigmoid,
+                      record)

@@ -17,7 +17,7 @@ from torch import nn
 
 from pyro_vae.data import PIXELS
 from pyro_vae.errors import UserError
-from pyro_vae.registry import Registry, check_options
+from pyro_vae.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,7 @@ for _name, _module in (("relu", nn.ReLU), ("tanh", nn.Tanh), ("elu", nn.ELU), ("
 
 def build_network(name: str, options: dict) -> Network:
     """The network `name` with its options: a registered Network value takes none."""
-    entry = NETWORKS[name]
-    if isinstance(entry, Network):
-        check_options("network", name, options, [])
-        return entry
-    return entry(**options)
+    return NETWORKS.build(name, options, Network)
 
 
 def output_bias(decoder: nn.Module) -> torch.Tensor | None:

@@ -73,6 +73,8 @@ class _Fidelity:
 
     def __call__(self, codes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(inside the real manifold (N,) bool, re-encoding error (N,) in spreads) of dec(codes)."""
+        if not len(codes):  # no recipe code fell inside a thin hull
+            return np.zeros(0, dtype=bool), np.zeros(0)
         images = self.run.decode(codes)
         inside = self.manifold.inside(classifier_features(self.scorer.classifier, images))
         error = (self.run.encode(images)[0] - codes).norm(dim=1).double().numpy() / self.spread
@@ -125,10 +127,59 @@ def _null_metrics(codes: np.ndarray, prefix: str, s) -> tuple[dict, dict]:
     return metrics, {f"{prefix}{k}": v for k, v in ranges.items()}
 
 
+def min_train_codes(latent_dim: int) -> int:
+    """Training codes the measures built on them need: a full-rank covariance (more than d + 1 codes) and
+    a hull with room inside (at least 10, the least train_codes setting)."""
+    return max(10, latent_dim + 2)
+
+
 def code_space_measures(run, data: Data, scorer, test_codes: torch.Tensor, labels: torch.Tensor, lx: torch.Tensor,
-                        settings, test_x: torch.Tensor | None = None) -> tuple[dict, dict]:
-    """(metrics, arrays) of the claims' direct measures for a loaded run (see the module's notes)."""
-    vae, cfg, s = run.vae, run.config, settings
+                        settings, test_x: torch.Tensor | None = None, log: Callable[[str], None] = lambda m: None
+                        ) -> tuple[dict, dict]:
+    """(metrics, arrays) of the claims' direct measures for a loaded run (see the module's notes). With
+    fewer training images than :func:`min_train_codes`, the measures built on training codes are left
+    out and ``code_space_skipped`` says why; the test codes' measures are still made."""
+    s = settings
+    metrics: dict = {}
+    arrays: dict = {}
+    # Reference rows: the held-out real half, and the model's reconstructions of it.
+    metrics.update(scorer.score_real(s.knn_k))
+    held_codes = test_codes[torch.as_tensor(scorer.held_out)]
+    metrics.update(scorer.score(run.decode(held_codes), "recon", s.knn_k))
+    count, need = min(len(data.train_x), s.train_codes or len(data.train_x)), min_train_codes(run.config.latent_dim)
+    if count >= need:
+        convergence = _train_code_measures(run, data, scorer, held_codes, lx, s, metrics, arrays)
+    else:
+        convergence = {}
+        metrics["code_space_skipped"] = (
+            f"{count} training code(s), fewer than the {need} that the hull, distance, hole, perturbation and "
+            f"aggregate-posterior measures need in {run.config.latent_dim}-D; they are left out")
+        log(f"{run.path}: {metrics['code_space_skipped']}")
+
+    # Claim 2 against its null: posterior means, and one posterior draw per test image (q(z)'s own sample).
+    codes = test_codes.double().numpy()
+    found, ranges = _null_metrics(codes, "", s)
+    metrics.update({k: v for k, v in found.items() if k.startswith("null_p_") or k in ("mardia_skewness", "mardia_kurtosis", "mmd_normal")})
+    if test_x is not None:
+        sampled = run.sample_posterior(test_x, s.seed + 7).double().numpy()
+        found_sampled, ranges_sampled = _null_metrics(sampled, "sampled_", s)
+        metrics.update(found_sampled)
+        ranges.update(ranges_sampled)
+        arrays["sampled_codes"] = sampled
+    metrics["null_ranges"] = ranges  # not a metric (a dict): the null's 95% range for the report
+
+    # Claim 3: class volumes.
+    volumes = logdet_spread(codes, labels.numpy(), s.bootstrap, seed=s.seed)
+    metrics.update({k: v for k, v in volumes.items() if k != "class_logdet_spread"})
+    arrays["class_logdet_spread"] = np.array(volumes["class_logdet_spread"])
+    metrics["convergence"] = convergence  # not a metric (a dict): value at each count of training codes
+    return metrics, arrays
+
+
+def _train_code_measures(run, data: Data, scorer, held_codes: torch.Tensor, lx: torch.Tensor, s,
+                         metrics: dict, arrays: dict) -> dict[str, dict[str, float]]:
+    """The measures built on the training codes, added to `metrics` and `arrays`; returns the convergence table."""
+    vae, cfg = run.vae, run.config
     deterministic = bool(vae.encoder_guide.deterministic)
     has_prior = cfg.beta > 0  # a prior the model was trained with (beta = 0 drops its terms)
     means, scales, seen = _train_codes(run, data, s.train_codes, s.seed)
@@ -136,14 +187,8 @@ def code_space_measures(run, data: Data, scorer, test_codes: torch.Tensor, label
     index, hull = CodeIndex(seen), Hull(seen, seed=s.seed)
     subsets = nested_subsets(len(seen), CONVERGENCE_SIZES, s.seed + 4)
     fidelity = _Fidelity(run, scorer, s.knn_k, spread)
-    metrics: dict = {"code_spread": spread, "train_codes_used": len(seen), "code_spacing": index.spacing / spread}
+    metrics.update(code_spread=spread, train_codes_used=len(seen), code_spacing=index.spacing / spread)
     convergence: dict[str, dict[str, float]] = {}
-    arrays: dict = {}
-
-    # Reference rows: the held-out real half, and the model's reconstructions of it.
-    metrics.update(scorer.score_real(s.knn_k))
-    held_codes = test_codes[torch.as_tensor(scorer.held_out)]
-    metrics.update(scorer.score(run.decode(held_codes), "recon", s.knn_k))
     recon_inside, recon_error = fidelity(held_codes)
     recon_precision, recon_reencode = float(recon_inside.mean()), float(recon_error.mean())
     metrics["recon_reencode"] = recon_reencode
@@ -221,28 +266,10 @@ def code_space_measures(run, data: Data, scorer, test_codes: torch.Tensor, label
         metrics["aggregate_kl_floor"] = aggregate_kl(ideal, narrow, standard, max_cells=s.kl_grid_cells,
                                                      seed=s.seed)["aggregate_kl"]
 
-    # Claim 2 against its null: posterior means, and one posterior draw per test image (q(z)'s own sample).
-    codes = test_codes.double().numpy()
-    found, ranges = _null_metrics(codes, "", s)
-    metrics.update({k: v for k, v in found.items() if k.startswith("null_p_") or k in ("mardia_skewness", "mardia_kurtosis", "mmd_normal")})
-    if test_x is not None:
-        sampled = run.sample_posterior(test_x, s.seed + 7).double().numpy()
-        found_sampled, ranges_sampled = _null_metrics(sampled, "sampled_", s)
-        metrics.update(found_sampled)
-        ranges.update(ranges_sampled)
-        arrays["sampled_codes"] = sampled
-    metrics["null_ranges"] = ranges  # not a metric (a dict): the null's 95% range for the report
-
-    # Claim 3: class volumes.
-    volumes = logdet_spread(codes, labels.numpy(), s.bootstrap, seed=s.seed)
-    metrics.update({k: v for k, v in volumes.items() if k != "class_logdet_spread"})
-    arrays["class_logdet_spread"] = np.array(volumes["class_logdet_spread"])
-
     # A likelihood under the prior the codes suggest (an AE's only fair one).
     if cfg.latent_dim == 2:
         mean, cov = fit_gaussian(seen)
         fitted_vae = VAE(FittedPrior(mean, cov), vae.encoder_guide, vae.decoder, vae.likelihood, vae.beta)
         grid = grid_log_likelihood(fitted_vae, lx, tol=s.grid_tol)
         metrics["log_px_exact_fitted"] = float(grid["log_px"].mean()) if grid["converged"] else math.nan
-    metrics["convergence"] = convergence  # not a metric (a dict): value at each count of training codes
-    return metrics, arrays
+    return convergence

@@ -21,7 +21,7 @@ import torch
 from scipy.stats import norm
 
 from pyro_vae import plugins
-from pyro_vae.config import SEED_LIMIT
+from pyro_vae.config import SEED_LIMIT, check_value
 from pyro_vae.data import BINARIZATIONS, Data, cache_subdir
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import estimators
@@ -72,15 +72,12 @@ class EvalSettings:
 
     def __post_init__(self):
         # Checked when made (from flags or a study's [evaluation] table), never after the training.
-        for name, (low, kind) in _SETTING_RANGES.items():
-            value = getattr(self, name)
-            if value is None and name in _SETTING_OPTIONAL:
-                continue
-            ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-            if not ok or not low <= value < _SETTING_HIGH.get(name, math.inf):
-                what = "a whole number" if kind is int else "a finite number"
-                limit = f" below {_SETTING_HIGH[name]}" if name in _SETTING_HIGH else ""
-                raise UserError(f"evaluation setting {name} must be {what} of at least {low}{limit}, got {value!r}")
+        for name, (kind, low, high) in _SETTINGS.items():
+            check_value(f"evaluation setting {name}", getattr(self, name), kind, low, high, optional=name in _SETTING_OPTIONAL)
+        eps = self.perturb_eps
+        if eps != sorted(set(eps)) or not eps[0] <= 1 <= eps[-1]:
+            raise UserError(f"evaluation setting perturb_eps must be rising sizes, each once, from 1 or less to 1 or more "
+                            f"(its measures are read at 1 code spread), got {eps!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "EvalSettings":
@@ -90,14 +87,26 @@ class EvalSettings:
                             f"valid: {', '.join(f.name for f in fields(cls))}")
         return cls(**values)
 
+    def check_test_images(self, count: int, where: str) -> None:
+        """Refuse settings that `count` test images cannot serve (before any slow work): the k-NN manifold
+        is built on half of them and needs more than knn_k."""
+        if count // 2 <= self.knn_k:
+            raise UserError(f"{where} has {count} test images, too few for evaluation setting knn_k = {self.knn_k} "
+                            f"(the k-NN manifold is built on half the test images and needs {2 * self.knn_k + 2} or more); "
+                            f"lower knn_k or use more test images")
 
-# (lowest value, type) of each setting; `generated` needs two images for a covariance (FID).
-_SETTING_RANGES = {"num_samples": (1, int), "likelihood_images": (1, int), "grid_tol": (1e-12, float),
-                   "generated": (2, int), "pairs": (1, int), "seed": (0, int), "knn_k": (1, int), "train_codes": (10, int),
-                   "hole_codes": (10, int), "hole_mass_draws": (1, int), "perturb_images": (1, int), "null_draws": (20, int),
-                   "mmd_codes": (2, int), "bootstrap": (1, int), "kl_grid_cells": (129, int)}  # two grids, the second of at least 129 cells
+
+KNN_K_MAX = 100  # a sane k for k-NN precision (Kynkäänniemi et al. use 3): beyond it every ball covers the manifold
+# (type, lowest, highest) of each setting (None: unbounded); `generated` needs two images for a covariance (FID),
+# kl_grid_cells two grids, the second of at least 129 cells.
+_SETTINGS = {"num_samples": (int, 1, None), "likelihood_images": (int, 1, None), "grid_tol": (float, 1e-12, None),
+             "generated": (int, 2, None), "pairs": (int, 1, None), "seed": (int, 0, SEED_LIMIT - 1),
+             "knn_k": (int, 1, KNN_K_MAX), "train_codes": (int, 10, None), "hole_codes": (int, 10, None),
+             "hole_mass_draws": (int, 1, None), "perturb_images": (int, 1, None), "perturb_eps": (list, 0, None),
+             "null_draws": (int, 20, None), "mmd_codes": (int, 2, None), "bootstrap": (int, 1, None),
+             "kl_grid_cells": (int, 129, None)}
 _SETTING_OPTIONAL = {"likelihood_images", "train_codes"}  # None: all images
-_SETTING_HIGH = {"seed": SEED_LIMIT}
+assert set(_SETTINGS) == {f.name for f in fields(EvalSettings)}, "every evaluation setting is declared"
 
 
 class Scorer:
@@ -167,7 +176,8 @@ def manifold_axis(codes: torch.Tensor, deterministic: bool) -> np.ndarray:
 
 
 def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scorer: Scorer | None = None,
-                 data: Data | None = None, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
+                 data: Data | None = None, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+                 announce: Callable[[Run, EvalSettings], None] | None = None) -> dict:
     """Evaluate a run (with denormals flushed, as it was trained) and write evaluation.json/.npz.
 
     The run folder is locked meanwhile (a read-only one is refused before the work), and the data
@@ -176,7 +186,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, scor
         started = time.perf_counter()
         run = load_run(run_dir)
         with plugins.blamed(run.config, in_plugin_code=True):  # a plugin's fault: one line naming it
-            return _evaluate_run(run, settings or EvalSettings(), scorer, data, log, started)
+            return _evaluate_run(run, settings or EvalSettings(), scorer, data, log, started, announce)
 
 
 def paced(log: Callable[[str], None], what: str, total: int, every: float = 30.0) -> Callable[[int], None]:
@@ -197,10 +207,13 @@ def paced(log: Callable[[str], None], what: str, total: int, every: float = 30.0
 
 
 def _evaluate_run(run: Run, settings: EvalSettings, scorer: Scorer | None, data: Data | None,
-                  log: Callable[[str], None], started: float) -> dict:
+                  log: Callable[[str], None], started: float, announce=None) -> dict:
     cfg, vae = run.config, run.vae
     data = data or run.data()
     runs.check_data(run.path, run.record, data.provenance)
+    settings.check_test_images(len(data.test_x), str(run.path))  # before the classifier and every slow part
+    if announce is not None:  # what is about to run, once the run and its data are known to be sound
+        announce(run, settings)
     scorer = scorer or Scorer(data, cfg.dataset, log)
     x = BINARIZATIONS[cfg.binarize].test(data.test_x, cfg.seed)
     labels = data.test_y
@@ -258,7 +271,7 @@ def _evaluate_run(run: Run, settings: EvalSettings, scorer: Scorer | None, data:
     recon_fid = scorer.score(run.decode(codes[held]), "recon_pairs", settings.knn_k)["recon_pairs_fid"]
     for name in ("mid_same", "mid_diff"):
         result[f"{name}_fid_ratio"] = result[f"{name}_fid"] / recon_fid if recon_fid > 0 else math.nan
-    measures, measure_arrays = code_space_measures(run, data, scorer, codes, labels, lx, settings, test_x=x)
+    measures, measure_arrays = code_space_measures(run, data, scorer, codes, labels, lx, settings, test_x=x, log=log)
     result.update(measures)
     result["eval_seconds"] = time.perf_counter() - started
 

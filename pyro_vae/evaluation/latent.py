@@ -232,11 +232,16 @@ def _class_volume(members: np.ndarray, rng: np.random.Generator, max_per_class: 
     """1/2 log det of the robust covariance of up to max_per_class seeded codes of one class."""
     if len(members) > max_per_class:
         members = members[rng.choice(len(members), max_per_class, replace=False)]
-    with warnings.catch_warnings():  # resampled codes repeat: FastMCD's "determinant has increased" is expected
-        warnings.simplefilter("ignore", RuntimeWarning)
-        support = members[MinCovDet(random_state=seed).fit(members).support_]
+    with warnings.catch_warnings():  # resampled codes repeat: FastMCD's "determinant has increased" is expected,
+        warnings.simplefilter("ignore", RuntimeWarning)  # and its "not full rank" where a singular support is NaN below
+        warnings.filterwarnings("ignore", "The covariance matrix associated to your dataset is not full rank")
+        try:
+            support = members[MinCovDet(random_state=seed).fit(members).support_]
+        except ValueError:  # a support of zero covariance (a resample of a small class repeating few codes): no volume
+            return math.nan
     centred = support - support.mean(0)
-    return 0.5 * float(np.linalg.slogdet(centred.T @ centred / (len(support) - 1))[1])
+    volume = 0.5 * float(np.linalg.slogdet(centred.T @ centred / (len(support) - 1))[1])
+    return volume if math.isfinite(volume) else math.nan
 
 
 def logdet_spread(codes, labels, bootstrap: int = 50, max_per_class: int = 500, seed: int = 0) -> dict:
@@ -249,8 +254,10 @@ def logdet_spread(codes, labels, bootstrap: int = 50, max_per_class: int = 500, 
     recipe `bootstrap` times on each class's codes resampled with replacement: a fresh subsample and
     a fresh MCD support each time, so the interval carries the subsample's and the support's variation.
 
-    A class with too few codes for a robust covariance (at most 2(d + 1)) gets NaN and is left out of the
-    evenness; with fewer than two classes left every number is NaN.
+    A class with too few codes for a robust covariance (at most 2(d + 1)), or whose robust covariance is
+    singular, gets NaN and is left out of the evenness; with fewer than two classes left every number is
+    NaN. A resample whose robust covariance is singular (a small class resampled into a few repeated
+    codes) is left out of the interval, which is NaN when no resample is left.
 
     Returns ``class_logdet_spread`` (per class, sorted labels), ``logdet_spread_sd`` and its interval
     ``logdet_spread_sd_low`` / ``logdet_spread_sd_high``.
@@ -259,16 +266,16 @@ def logdet_spread(codes, labels, bootstrap: int = 50, max_per_class: int = 500, 
     lab = _check_labels(labels, x.shape[0])
     rng = np.random.default_rng(seed)
     classes = [x[lab == c] for c in np.unique(lab)]
-    usable = [len(m) > 2 * (x.shape[1] + 1) for m in classes]  # else too few for a robust covariance
-    if sum(usable) < 2:
+    # too few codes for a robust covariance: NaN, as is a singular one
+    per_class = [_class_volume(m, rng, max_per_class, seed) if len(m) > 2 * (x.shape[1] + 1) else math.nan for m in classes]
+    members = [m for m, v in zip(classes, per_class) if math.isfinite(v)]
+    if len(members) < 2:
         return {"class_logdet_spread": [math.nan] * len(classes), "logdet_spread_sd": math.nan,
                 "logdet_spread_sd_low": math.nan, "logdet_spread_sd_high": math.nan}
-    members = [m for m, ok in zip(classes, usable) if ok]
-    values = np.array([_class_volume(m, rng, max_per_class, seed) for m in members])
+    values = np.array([v for v in per_class if math.isfinite(v)])
     boot = np.array([np.std([_class_volume(m[rng.integers(len(m), size=len(m))], rng, max_per_class, seed + 1 + b)
                              for m in members]) for b in range(bootstrap)])
-    low, high = np.percentile(boot, [2.5, 97.5]) if bootstrap else (np.nan, np.nan)
-    it = iter(values)
-    per_class = [float(next(it)) if ok else math.nan for ok in usable]
-    return {"class_logdet_spread": per_class, "logdet_spread_sd": float(values.std()),
+    boot = boot[np.isfinite(boot)]
+    low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (np.nan, np.nan)
+    return {"class_logdet_spread": [float(v) for v in per_class], "logdet_spread_sd": float(values.std()),
             "logdet_spread_sd_low": float(low), "logdet_spread_sd_high": float(high)}

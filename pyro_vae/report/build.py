@@ -10,6 +10,9 @@ the report folder
     figures/*.png  the figures, variants side by side on shared scales
     report.md      the report, figures linked by relative path
     report.html    the same report, self-contained (inline CSS, figures as data: URIs)
+    .report-files.json  the files above: a rebuild replaces these and refuses a folder holding others
+
+The files appear together when all are written (pyro_vae.report.folder), and one build at a time.
 
 The verdicts are those of the study file's [claims.NAME] tables (pyro_vae.study.claims); a study
 without claims gets tables and figures only.
@@ -42,21 +45,26 @@ from pyro_vae.report.document import (
 from pyro_vae.report.explorer import FILE as EXPLORER
 from pyro_vae.report.explorer import write_explorer
 from pyro_vae.report.figures import make_figures
+from pyro_vae.report.folder import check_report_folder, report_folder
 from pyro_vae.report.published import published_blocks
 from pyro_vae.report.tables import (
     VARIANT_COLUMNS,
     all_metrics_tables,
     comparison_table,
+    counted,
     csv_text,
     fmt,
     fmt_value,
     json_safe,
+    nan_warnings,
     ordered_metrics,
     result_row,
 )
 from pyro_vae.report.verdicts import claim_blocks, glance_blocks
 from pyro_vae.study.claims import judge_claims
+from pyro_vae.evaluation.cost import QUICK
 from pyro_vae.study.folders import RunFolders, study_from_runs
+from pyro_vae.study.overrides import with_quick
 from pyro_vae.study.runner import collect, evaluate_study
 from pyro_vae.study.spec import Study
 from pyro_vae.study.statistics import summarize
@@ -64,7 +72,7 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.training import runs
 from pyro_vae.training.plateau import Plateau
 
-__all__ = ["build_report", "build_runs_report"]
+__all__ = ["build_report", "build_runs_report", "check_report_folder"]
 
 
 def _stderr(message: str) -> None:
@@ -95,25 +103,30 @@ def _setup_blocks(study: Study, results: list[dict], values: dict, variants: lis
     first = results[0]
     cfg, data, versions = first["config"], first["data"], first["versions"]
     blocks: list[Block] = [Heading(2, "Setup")]
-    origin = data.get("origin", "?")
-    origin_text = {"--data-dir": "the folder given with --data-dir", "PYRO_VAE_DATA": "the folder in $PYRO_VAE_DATA",
-                   "cache": "the per-user cache", "download": "a fresh torchvision download",
-                   "embedded": "THE SMALL SAMPLE EMBEDDED IN THE PACKAGE"}.get(origin, origin)
-    if origin == "embedded":
+    embedded = next((r["data"] for r in results if r["data"].get("origin") == "embedded"), None)
+    if embedded:
         blocks.append(Paragraph("The data is the MNIST sample shipped inside pyro-vae, not data supplied by the user: "
-                                + data.get("note", "") + ". Every number below comes from it.", "warning"))
+                                + embedded.get("note", "") + ". Every number below comes from it.", "warning"))
     if len({json.dumps(r["data"], sort_keys=True) for r in results}) > 1:
         blocks.append(Paragraph("The runs did not all see the same data (provenance differs between run folders); "
                                 "each run was evaluated on its own data, listed here (and in results.json):", "warning"))
         blocks.append(Bullets([_run_data(r) for r in results]))
-    files = [f"{key.split('_')[0]} file {Path(d['images']).name} (sha256 {d['images_sha256'][:12]}…, {d['count']:,} images)"
-             for key, d in data.items() if key.endswith("_file") and isinstance(d, dict) and "images" in d]
+    sources = list(dict.fromkeys((r["config"]["dataset"], r["data"].get("origin", "?"), r["data"].get("raw_dir", "?"))
+                                 for r in results))  # each dataset and the folder it was read from
+    data_line: list = ["Data: "]
+    for i, (dataset, origin, raw_dir) in enumerate(sources):
+        data_line += ["; " if i else "", ("b", dataset), f" from {ORIGINS.get(origin, origin)} ({raw_dir})"]
+    files = list(dict.fromkeys(
+        (f"{r['config']['dataset']} " if len(sources) > 1 else "")
+        + f"{key.split('_')[0]} file {Path(d['images']).name} (sha256 {d['images_sha256'][:12]}…, {d['count']:,} images)"
+        for r in results for key, d in r["data"].items() if key.endswith("_file") and isinstance(d, dict) and "images" in d))
     evaluation = study.eval_settings()
     accuracy = summarize([r["evaluation"].get("classifier_accuracy") for r in results])
     wall = sum(r["train_seconds"] + float(r["evaluation"].get("eval_seconds", 0.0)) for r in results)
+    seeds = sorted({r["seed"] for r in results})
     shared = {k: cfg[k] for k in cfg if all(r["config"].get(k) == cfg[k] for r in results) and k != "seed"}
     items: list[Inline] = [
-        ["Data: ", ("b", "/".join(dict.fromkeys(r["config"]["dataset"] for r in results))), f" from {origin_text} ({data.get('raw_dir', '?')})."],
+        data_line + ["."],
         ["Split: " + str(data.get("split", "?")) + "; used "
          + f"{data.get('train_count', '?'):,} training and {data.get('test_count', '?'):,} test images"
          + (f" (limits: train {cfg['train_limit']}, test {cfg['test_limit']})" if cfg.get("train_limit") or cfg.get("test_limit") else "")
@@ -134,7 +147,7 @@ def _setup_blocks(study: Study, results: list[dict], values: dict, variants: lis
          + (f", {cfg['validation']} training images held out for validation" if cfg.get("validation") else "")
          + ", objective "
          + "/".join(dict.fromkeys(r["config"]["objective"] for r in results))
-         + f" with {cfg['num_particles']} particle(s); seeds {', '.join(map(str, sorted({r['seed'] for r in results})))}."]
+         + f" with {counted(cfg['num_particles'], 'particle')}; seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}."]
         + ([" Changed on the command line: " + _overrides_text(study.overrides) + "."] if study.overrides else []),
     ] + _annealing(results) + [
         [f"Evaluation: codes are posterior means of the test images; log p(x) by importance sampling with K = "
@@ -147,7 +160,7 @@ def _setup_blocks(study: Study, results: list[dict], values: dict, variants: lis
         ["Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
          + ("" if len({json.dumps(r["versions"], sort_keys=True) for r in results}) == 1 else
             " (runs differ in versions; see results.json)") + "."],
-        [f"Compute: {wall / 60:.1f} min ({wall:.0f} s) in total over the {len(results)} runs (sum of the epoch times and the latest evaluation times)."],
+        [f"Compute: {wall / 60:.1f} min ({wall:.0f} s) in total over {counted(len(results), 'run')} (sum of the epoch times and the latest evaluation times)."],
     ]
     blocks.append(Bullets(items))
     differing = [k for k in VARIANT_COLUMNS if k not in shared]
@@ -160,6 +173,11 @@ def _setup_blocks(study: Study, results: list[dict], values: dict, variants: lis
     return blocks
 
 
+ORIGINS = {"--data-dir": "the folder given with --data-dir", "PYRO_VAE_DATA": "the folder in $PYRO_VAE_DATA",
+           "cache": "the per-user cache", "download": "a fresh torchvision download",
+           "embedded": "THE SMALL SAMPLE EMBEDDED IN THE PACKAGE"}  # where the data was read from, in words
+
+
 def _run_data(row: dict) -> list[Inline]:
     """One run's data in a line: dataset, split and the images it used."""
     data = row["data"]
@@ -170,12 +188,13 @@ def _run_data(row: dict) -> list[Inline]:
 def _epochs_text(results: list[dict]) -> str:
     """The epochs the runs trained: the configured number, or the plateau rule and where it stopped each run."""
     most = "/".join(str(e) for e in dict.fromkeys(r["config"]["epochs"] for r in results))
+    most += " epoch" if most == "1" else " epochs"
     rules = set(Plateau.of(TrainConfig.from_dict(r["config"])) for r in results)
     if rules == {None}:
-        return f"{most} epoch(s)"
+        return most
     lengths = [len(r["training_curve"]) for r in results]
     stopped = sum(bool(r["training_curve"] and r["training_curve"][-1].get("stopped")) for r in results)
-    stops = (f"all {stopped} runs stopped by the rule" if stopped == len(results) else
+    stops = (f"{'the run' if stopped == 1 else f'all {stopped} runs'} stopped by the rule" if stopped == len(results) else
              f"{stopped} of {len(results)} runs stopped by a rule, the others at their limit")
     trained = f"{min(lengths)}-{max(lengths)} epochs (median {statistics.median(lengths):g})"
     if len(rules) > 1:
@@ -184,14 +203,38 @@ def _epochs_text(results: list[dict]) -> str:
     caveat = ("" if watched == {True} else " (no validation images were held out, so the test bound decided when to "
               "stop; the last epoch is kept, not the best)")
     return (f"{trained}, each run trained {next(iter(rules)).describe('validation' if watched == {True} else 'test')}, "
-            f"at most {most} epochs; {stops}{caveat}")
+            f"at most {most}; {stops}{caveat}")
+
+
+def _skipped_blocks(results: list[dict]) -> list[Block]:
+    """Runs whose evaluation left measures out (too few training codes for them), and why."""
+    skipped = [f"{r['variant']} seed {r['seed']}: {r['evaluation']['code_space_skipped']}" for r in results
+               if r["evaluation"].get("code_space_skipped")]
+    if not skipped:
+        return []
+    return [Paragraph("Some code-space measures could not be made, so their cells are empty for these runs:", "warning"),
+            Bullets([[item] for item in skipped])]
 
 
 def _overrides_text(overrides: dict) -> str:
-    parts = [f"{k}={v}" for k, v in overrides.get("settings", {}).items()]
+    parts = [f"{k} → {fmt_value(v)}" for k, v in overrides.get("settings", {}).items()]
     if "seeds" in overrides:
-        parts.append("seeds " + ",".join(map(str, overrides["seeds"])))
+        parts.append("seeds → " + ", ".join(map(str, overrides["seeds"])))
+    if overrides.get("evaluation") == "quick":
+        parts.append("evaluation → the quick preset (--quick: " + ", ".join(f"{k} {v:,}" for k, v in QUICK.items())
+                     + "; a looser log p(x) bound and wider intervals than the study's own settings)")
     return ", ".join(parts)
+
+
+def _description_blocks(study: Study) -> list[Block]:
+    """The study file's description; beside it, what the command line changed, which the text may contradict."""
+    text = " ".join(study.description.split())
+    if not study.overrides:
+        return [Paragraph(text)]
+    return [Paragraph([("b", "The study file's description"), f", written for the file's own settings: {text}"]),
+            Paragraph(f"The text above describes the study file's settings, not this study's: the command line changed "
+                      f"{_overrides_text(study.overrides)}. Where the two disagree (epochs, seeds, running times), "
+                      "the Setup section below and results.json say what was run.", "warning")]
 
 
 def _missing_block(study: Study, runs_dir: Path, missing: list[tuple[str, int]], total: int) -> Paragraph:
@@ -214,43 +257,40 @@ def _figure_runs(study: Study, runs_dir: Path, finished: list[tuple[str, int]]) 
     return chosen
 
 
-def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str], None] = _stderr) -> Path:
+def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str], None] = _stderr, quick: bool = False) -> Path:
     """Report on a study's finished runs (evaluating what lacks an evaluation, never training); returns
-    report.html. Missing or unfinished runs are listed at the top of the report."""
+    report.html. Missing or unfinished runs are listed at the top of the report. `quick`: what needs an
+    evaluation gets the quick preset (pyro_vae.evaluation.cost.QUICK), and the report says so."""
     runs_dir = Path(runs_dir)
     check_report_folder(Path(out_dir))
-    return _build(Study.from_runs_dir(runs_dir), runs_dir, Path(out_dir), log)
+    return _build(with_quick(Study.from_runs_dir(runs_dir), quick, runs_dir), runs_dir, Path(out_dir), log)
 
 
-def build_runs_report(run_dirs: list[str | Path], out_dir: str | Path, log: Callable[[str], None] = _stderr) -> Path:
+def build_runs_report(run_dirs: list[str | Path], out_dir: str | Path, log: Callable[[str], None] = _stderr,
+                      quick: bool = False) -> Path:
     """Report on any run folders side by side, each a variant named after its folder; returns report.html."""
     check_report_folder(Path(out_dir))
-    return _build(study_from_runs(run_dirs), Path(), Path(out_dir), log)
-
-
-def check_report_folder(out_dir: Path, flag: str = "--out") -> None:
-    """Before anything is read, trained or evaluated: the report can go into this folder (it is, or can
-    become, a folder: no file on its path, a path the system accepts)."""
-    try:
-        for folder in (out_dir, *out_dir.parents):
-            if folder.exists():
-                if not folder.is_dir():
-                    raise UserError(f"{folder} exists and is not a folder; choose another {flag} for the report")
-                break
-    except OSError as e:
-        raise UserError(f"{flag} {out_dir} cannot be used ({e.strerror}); choose another {flag} for the report") from None
-
+    return _build(with_quick(study_from_runs(run_dirs), quick, Path()), Path(), Path(out_dir), log)
 
 
 def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], None]) -> Path:
+    with report_folder(out_dir) as folder:  # locked; the report appears in out_dir once every file is written
+        _write_report(study, runs_dir, out_dir, folder, log)
+    html_path = out_dir / "report.html"
+    log(f"report written: {html_path} (and report.md, results.json, results.csv, figures/)")
+    return html_path
+
+
+def _write_report(study: Study, runs_dir: Path, out_dir: Path, folder: Path, log: Callable[[str], None]) -> None:
+    """The report's files into `folder`, whence they move to out_dir."""
     cells = study.cells()
     finished = [c for c in cells if runs.is_complete(study.run_dir(runs_dir, *c))]
     missing = [c for c in cells if c not in finished]
     for variant, seed in missing:
         log(f"report: {study.run_dir(runs_dir, variant, seed)} is missing or unfinished; left out")
     if not finished:
-        raise UserError(f"none of the {len(cells)} runs has finished yet, so there is nothing to report; "
-                        "train them first (pyro-vae study or pyro-vae train)")
+        none = "the run has not" if len(cells) == 1 else f"none of the {len(cells)} runs has"
+        raise UserError(f"{none} finished yet, so there is nothing to report; train them first (pyro-vae study or pyro-vae train)")
     evaluate_study(study, runs_dir, log, finished)
     for variant, seed in finished:  # evaluation.json without its arrays: evaluate that run again
         run = study.run_dir(runs_dir, variant, seed)
@@ -258,7 +298,6 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
             log(f"{run} lacks {EVALUATION_ARRAYS}; evaluating it again")
             evaluate_run(run, study.eval_settings(), log=log)
     rows = collect(study, runs_dir, finished)
-    out_dir.mkdir(parents=True, exist_ok=True)
     log(f"report for {study.name}: {len(rows)} of {len(cells)} runs -> {out_dir}")
 
     results = [result_row(r) for r in rows]
@@ -270,23 +309,21 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
             values[r["variant"]].setdefault(m, []).append(x)
             seeded[r["variant"]].setdefault(m, {})[r["seed"]] = x
     metric_names = [m for _, ms in ordered_metrics([m for v in variants for m in values[v]]) for m in ms]
-    _write_text(out_dir / "results.json", json.dumps(json_safe(results), indent=2) + "\n")
-    _write_text(out_dir / "results.csv", csv_text(results, metric_names))
+    _write_text(folder / "results.json", json.dumps(json_safe(results), indent=2) + "\n")
+    _write_text(folder / "results.csv", csv_text(results, metric_names))
 
     from pyro_vae.data import DATASETS
 
-    dataset = results[0]["config"]["dataset"]
-    class_names = list(DATASETS[dataset].class_names)
-    context = {v: {"n_classes": len(class_names),
+    context = {v: {"n_classes": len(DATASETS[next(r["config"]["dataset"] for r in results if r["variant"] == v)].class_names),
                    "n_codes": next(r["data"].get("test_count") for r in results if r["variant"] == v),
                    "latent_dim": next(r["config"]["latent_dim"] for r in results if r["variant"] == v),
                    "met": set.intersection(*(requirements_met(r["config"], r["evaluation"])
                                              for r in results if r["variant"] == v))} for v in variants}
 
     log("report: drawing figures")
-    figures = make_figures(_figure_runs(study, runs_dir, finished), out_dir, results, values, class_names,
+    figures = make_figures(_figure_runs(study, runs_dir, finished), folder, results, values,
                            max(sum(fv == v for fv, _ in finished) for v in variants), log)
-    if write_explorer(study, runs_dir, out_dir, log):
+    if write_explorer(study, runs_dir, folder, log):
         figures.setdefault("codes", []).append(Paragraph([("b", "Explore the code spaces: "), ("link", EXPLORER),
             " (hover to see what each variant decodes at a point, click to pin it in all of them)."]))
 
@@ -294,15 +331,15 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
     if missing:
         blocks.append(_missing_block(study, runs_dir, missing, len(cells)))
     if study.description:
-        blocks.append(Paragraph(" ".join(study.description.split())))
+        blocks += _description_blocks(study)
     if isinstance(study, RunFolders):
-        blocks.append(Paragraph(f"{len(variants)} run folders compared side by side, each a variant named after its folder: "
+        blocks.append(Paragraph(f"{counted(len(variants), 'run folder')} compared side by side, each a variant named after its folder: "
                                 + ", ".join(f"{v} ({study.run_dir(runs_dir, v, s)})" for v, s in cells)
                                 + ". Every number is computed from the run folders; results.json and results.csv next to "
                                 "this report hold the per-run values."))
     else:
-        blocks.append(Paragraph(f"Study {study.name}: {len(study.variants)} variants ({', '.join(study.variants)}) × "
-                                f"{len(study.seeds)} seeds, runs in {runs_dir}. Every number is computed from the run "
+        blocks.append(Paragraph(f"Study {study.name}: {counted(len(study.variants), 'variant')} ({', '.join(study.variants)}) × "
+                                f"{counted(len(study.seeds), 'seed')}, runs in {runs_dir}. Every number is computed from the run "
                                 "folders; results.json and results.csv next to this report hold the per-run values."))
     claims = judge_claims(study.claim_specs(), seeded, context)
     if claims:
@@ -318,7 +355,7 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
     table, warnings = comparison_table(variants, values, context)
     if table:
         blocks.append(table)
-    blocks += warnings
+    blocks += warnings + nan_warnings(results) + _skipped_blocks(results)
     if "metric_bars" in figures:
         blocks.append(FigureRow(figures["metric_bars"], "Headline metrics: bars are means over seeds, error bars the sample sd, "
                                                         "dots the seeds; red dashed lines mark ideal values."))
@@ -340,8 +377,5 @@ def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], Non
                             "objective's value per image (β-scaled), comparable only between variants with the same objective."))
     blocks += all_metrics_tables(variants, values, context)
 
-    _write_text(out_dir / "report.md", render_markdown(blocks))
-    html_path = out_dir / "report.html"
-    _write_text(html_path, render_html(blocks, study.title, out_dir))
-    log(f"report written: {html_path} (and report.md, results.json, results.csv, figures/)")
-    return html_path
+    _write_text(folder / "report.md", render_markdown(blocks))
+    _write_text(folder / "report.html", render_html(blocks, study.title, folder))

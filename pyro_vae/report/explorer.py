@@ -28,6 +28,7 @@ from scipy.spatial import cKDTree
 from pyro_vae.data import BINARIZATIONS, DATASETS
 from pyro_vae.evaluation.evaluate import EVALUATION_ARRAYS, Scorer
 from pyro_vae.io import atomic_write_bytes
+from pyro_vae.report.tables import counted
 from pyro_vae.study.spec import Study
 from pyro_vae.training import runs
 from pyro_vae.training.runs import load_run
@@ -111,13 +112,17 @@ def _variant_payload(name: str, run_dir: Path, lattice: Lattice, scorer: Scorer,
 
 
 def explorer_runs(study: Study, runs_dir: Path, seed: int) -> dict[str, Path]:
-    """The 2-D variants' run folders of `seed`, in the study's order."""
-    found = {}
+    """The 2-D variants' run folders of `seed`, in the study's order: those on the first one's dataset
+    (the page has one classifier and one set of class names)."""
+    found, first = {}, None
     for variant in study.variants:
         run = study.run_dir(runs_dir, variant, seed)
         finished = runs.is_complete(run) and (run / EVALUATION_ARRAYS).exists()  # a partial study's gaps are left out
         if finished and np.load(run / EVALUATION_ARRAYS)["codes"].shape[1] == 2:
-            found[variant] = run
+            dataset = runs.read_config(run)[0].dataset
+            first = first or dataset
+            if dataset == first:
+                found[variant] = run
     return found
 
 
@@ -127,7 +132,7 @@ def write_explorer(study: Study, runs_dir: str | Path, out_dir: str | Path, log:
     chosen = explorer_runs(study, Path(runs_dir), seed)
     if not chosen:
         return None
-    log(f"report: code-space explorer of {len(chosen)} 2-D variant(s), {grid} x {grid} decodes each")
+    log(f"report: code-space explorer of {counted(len(chosen), '2-D variant')}, {grid} x {grid} decodes each")
     lattice = lattice_for([np.load(r / EVALUATION_ARRAYS)["codes"] for r in chosen.values()], grid)
     first = load_run(next(iter(chosen.values())))
     data = first.data()  # variants share the dataset and split
@@ -142,7 +147,7 @@ def write_explorer(study: Study, runs_dir: str | Path, out_dir: str | Path, log:
         "__DATA__", json.dumps(payload, separators=(",", ":")).replace("</", "<\\/"))
     path = Path(out_dir) / FILE
     atomic_write_bytes(path, page.encode("utf-8"))
-    log(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    log(f"report: {FILE} ({path.stat().st_size / 1e6:.2f} MB)")
     return path
 
 

@@ -6,17 +6,18 @@ and its caption. A figure that cannot be drawn is skipped with a log line, never
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from pyro_vae import plots
+from pyro_vae.data import DATASETS
 from pyro_vae.evaluation.evaluate import EVALUATION_ARRAYS
 from pyro_vae.evaluation.metrics import METRICS, direction
 from pyro_vae.report.document import Figure
-from pyro_vae.report.tables import direction_text
+from pyro_vae.report.tables import counted, direction_text
 
 __all__ = ["FIGURES", "make_figures"]
 
@@ -29,11 +30,19 @@ class _Inputs:
     configs: dict[str, dict]
     results: list[dict]
     values: dict[str, dict[str, list[float]]]
-    class_names: Sequence[str]
     n_seeds: int
 
     def each(self, key: str) -> dict[str, np.ndarray]:
         return {v: self.arrays[v][key] for v in self.variants}
+
+    def classes(self, variant: str) -> Sequence[str]:
+        """The class names of the variant's own dataset."""
+        return DATASETS[self.configs[variant]["dataset"]].class_names
+
+    @property
+    def class_names(self) -> Sequence[str]:
+        """The classes of the variants' dataset: the figures that name classes are drawn per dataset (_by_dataset)."""
+        return self.classes(self.variants[0])
 
 
 Draw = Callable[[], tuple]  # () -> (matplotlib Figure, caption)
@@ -109,7 +118,7 @@ def _spread(name: str, key: str, suptitle: str, ylabel: str, caption: str):
             spreads = {v: np.array([r["evaluation"][key] for r in d.results if r["variant"] == v]) for v in d.variants}
             fig = plots.spread_bars(spreads, class_names=d.class_names, title="", ylabel=ylabel)
             fig.suptitle(suptitle)  # a title of spread_bars' own would collide with its "mean ± sd over n seeds" note
-            return fig, caption.format(n_seeds=d.n_seeds)
+            return fig, caption.format(seeds=counted(d.n_seeds, "seed"))
         return [(name, draw)]
     return figures
 
@@ -137,7 +146,7 @@ def _prior_density(d: _Inputs) -> list[tuple[str, Draw]]:
         prior = d.configs[v]["prior"]
         return plots.prior_density(
             d.arrays[v]["codes"], d.arrays[v]["labels"], d.arrays[v]["prior_log_density"], d.arrays[v]["prior_extent"],
-            class_names=d.class_names, title=f"{v}: learned prior ({prior}) under its codes, seed {d.seed}"), \
+            class_names=d.classes(v), title=f"{v}: learned prior ({prior}) under its codes, seed {d.seed}"), \
             f"{v}: log density of the learned {prior} prior, with the test codes on top."
     learned = [v for v in d.variants
                if d.configs[v].get("prior") != "standard-normal" and "prior_log_density" in d.arrays[v]]
@@ -162,10 +171,32 @@ def _metric_bars(d: _Inputs) -> list[tuple[str, Draw]]:
     return [(f"metric_{m.key}", lambda m=m: draw(m)) for m in shown]
 
 
+def _by_dataset(figures: Callable[[_Inputs], list[tuple[str, Draw]]]) -> Callable[[_Inputs], list[tuple[str, Draw]]]:
+    """Figures that name classes, drawn once per dataset when the variants' datasets differ, each
+    labelled with its own dataset's classes (MNIST's digits are not Fashion-MNIST's T-shirts)."""
+    def split(d: _Inputs) -> list[tuple[str, Draw]]:
+        datasets = dict.fromkeys(d.configs[v]["dataset"] for v in d.variants)
+        if len(datasets) == 1:
+            return figures(d)
+        made = []
+        for dataset in datasets:
+            shown = [v for v in d.variants if d.configs[v]["dataset"] == dataset]
+            for name, draw in figures(replace(d, variants=shown)):
+                made.append((f"{name}_{dataset}", lambda draw=draw, dataset=dataset, shown=shown: _noted(
+                    draw(), f" ({dataset}: {', '.join(shown)})")))
+        return made
+    return split
+
+
+def _noted(drawn: tuple, note: str) -> tuple:
+    fig, caption = drawn
+    return fig, caption + note
+
+
 # name -> the figures of that name, in drawing order; the report places them by name.
 FIGURES: dict[str, Callable[[_Inputs], list[tuple[str, Draw]]]] = {
-    "codes": _codes,
-    "codes_sampled": _sampled_codes,
+    "codes": _by_dataset(_codes),
+    "codes_sampled": _by_dataset(_sampled_codes),
     "fidelity_distance": _fidelity_distance,
     "prior_samples": _samples("prior", "Decoded draws from each model's prior",
                               "Images decoded from codes drawn from each model's prior (N(0, I) unless a learned prior "
@@ -175,15 +206,15 @@ FIGURES: dict[str, Callable[[_Inputs], list[tuple[str, Draw]]]] = {
                             "codes: how one samples a plain AE."),
     "manifold": _manifold,
     "reconstructions": _reconstructions,
-    "class_spread": _spread("class_spread", "class_spread", "Per-class spread of the codes (raw code units)",
+    "class_spread": _by_dataset(_spread("class_spread", "class_spread", "Per-class spread of the codes (raw code units)",
                             "RMS distance to class centre",
-                            "Per-class spread (RMS distance of a class's codes to its centre), mean ± sd over {n_seeds} "
-                            "seed(s). Raw units differ between variants; compare the shape across classes, and the "
-                            "whitened figure for scale-free spreads."),
-    "class_spread_whitened": _spread("class_spread_whitened", "white_class_spread",
+                            "Per-class spread (RMS distance of a class's codes to its centre), mean ± sd over {seeds}. "
+                            "Raw units differ between variants; compare the shape across classes, and the "
+                            "whitened figure for scale-free spreads.")),
+    "class_spread_whitened": _by_dataset(_spread("class_spread_whitened", "white_class_spread",
                                      "Per-class spread after whitening the codes (scale-free)", "whitened RMS distance",
                                      "The same after whitening each variant's codes to identity covariance: no variant "
-                                     "can look even by shrinking its space."),
+                                     "can look even by shrinking its space.")),
     "training_curves": _training_curves,
     "marginals": _marginals,
     "prior_density": _prior_density,
@@ -192,7 +223,7 @@ FIGURES: dict[str, Callable[[_Inputs], list[tuple[str, Draw]]]] = {
 
 
 def make_figures(chosen: dict[str, tuple[int, Path]], out_dir: Path, results: list[dict], values: dict,
-                 class_names: Sequence[str], n_seeds: int, log: Callable[[str], None]) -> dict[str, list[Figure]]:
+                 n_seeds: int, log: Callable[[str], None]) -> dict[str, list[Figure]]:
     """Save the figures of the runs in `chosen` (variant -> (seed, run folder), one run standing for
     each variant) under out_dir/figures; returns name -> Figure blocks (paths relative), drawn ones only."""
     variants = list(chosen)
@@ -202,7 +233,7 @@ def make_figures(chosen: dict[str, tuple[int, Path]], out_dir: Path, results: li
             arrays[v] = {k: npz[k] for k in npz.files}
     configs = {v: next(r["config"] for r in results if r["variant"] == v and r["seed"] == seed) for v, (seed, _) in chosen.items()}
     seed = "/".join(str(s) for s in dict.fromkeys(seed for seed, _ in chosen.values()))
-    inputs = _Inputs(seed, variants, arrays, configs, results, values, class_names, n_seeds)
+    inputs = _Inputs(seed, variants, arrays, configs, results, values, n_seeds)
     made: dict[str, list[Figure]] = {}
     for name, figures in FIGURES.items():
         for file_name, draw in figures(inputs):

@@ -9,7 +9,7 @@ from scipy import stats
 
 from pyro_vae.evaluation.metrics import metric
 from pyro_vae.report.document import Block, Bullets, Heading, Inline, Paragraph, Table
-from pyro_vae.report.tables import fmt, fmt_signed
+from pyro_vae.report.tables import counted, fmt, fmt_signed
 from pyro_vae.study.statistics import summarize
 
 __all__ = ["published_blocks"]
@@ -22,7 +22,7 @@ def _interval(values: list[float]) -> str:
     if s.n == 1:
         return f"{fmt(s.mean)} (1 seed, no interval)"
     half = stats.t.ppf(0.975, s.n - 1) * s.std / math.sqrt(s.n)
-    return f"{fmt(s.mean)} ± {fmt(half)} (95%, {s.n} seeds)"
+    return f"{fmt(s.mean)} ± {fmt(half)} (95%, {counted(s.n, 'seed')})"
 
 
 def published_blocks(published: dict, values: dict[str, dict[str, list[float]]], results: list[dict]) -> list[Block]:

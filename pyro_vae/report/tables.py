@@ -27,9 +27,9 @@ from pyro_vae.evaluation.metrics import (
 from pyro_vae.report.document import Block, Cell, Paragraph, Table
 from pyro_vae.study.statistics import Summary, badness, summarize
 
-__all__ = ["CONFIG_COLUMNS", "CONFIG_EXCLUDED", "VARIANT_COLUMNS", "PARETO_WARN", "DASH", "fmt", "fmt_pm",
+__all__ = ["CONFIG_COLUMNS", "CONFIG_EXCLUDED", "VARIANT_COLUMNS", "PARETO_WARN", "DASH", "counted", "fmt", "fmt_pm",
            "fmt_signed", "fmt_value", "direction_text", "json_safe", "result_row", "ordered_metrics", "csv_text",
-           "comparison_table", "all_metrics_tables"]
+           "comparison_table", "all_metrics_tables", "nan_warnings"]
 
 PARETO_WARN = 0.1  # share of images with Pareto k above the threshold beyond which the IS estimate is flagged
 DASH = "—"
@@ -40,6 +40,7 @@ CONFIG_EXCLUDED = {
     "data_dir": "a path on the machine that trained; the report's data section gives origin and file hashes",
     "device": "where a run trained, not what it trained",
     "guide_options": "a table, not a CSV cell: shown as JSON in the report's variants table (VARIANT_COLUMNS)",
+    "likelihood_options": "as guide_options",
     "prior_options": "as guide_options",
     "objective_options": "as guide_options",
 }
@@ -50,6 +51,11 @@ VARIANT_COLUMNS = CONFIG_COLUMNS + [k for k in CONFIG_EXCLUDED if k.endswith("_o
 
 # ---------------------------------------------------------------------------------------------
 # Formatting numbers
+
+
+def counted(n: int, word: str) -> str:
+    """'1 seed', '2 seeds'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def fmt(x: Any) -> str:
@@ -209,6 +215,9 @@ def _cells(key: str, variants: list[str], values: dict, context: dict) -> tuple[
         text = fmt_pm(summaries[v])
         if own_target and directions[v][0] == "target" and summaries[v] is not None:
             text += f" (→ {directions[v][1]:.4g})"
+        nans = sum(math.isnan(x) for x in values[v].get(key, []))
+        if nans:  # left out of the mean: say so in the cell (nan_warnings names the runs)
+            text += f" (nan in {nans} of {counted(len(values[v][key]), 'seed')})"
         if summaries[v] is not None and v not in rankable:
             text += " †"
             notes.append(f"† {metric(key).label} of {v}: {metric(key).caveat}.")
@@ -239,6 +248,27 @@ def _pareto_warnings(variants: list[str], values: dict) -> list[Block]:
                 f"25), so the share of images with k above the threshold is untested, not zero; the IS estimate is "
                 f"unchecked.", "warning"))
     return warnings
+
+
+def nan_warnings(results: list[dict]) -> list[Block]:
+    """A warning naming each run whose value of a metric is nan while other runs of its variant have
+    one: that variant's mean, sd and tests rest on fewer seeds than it has."""
+    rows: dict[tuple[str, str], list[tuple[dict, float]]] = {}
+    for r in results:
+        for key, x in flat_metrics(r).items():
+            rows.setdefault((r["variant"], key), []).append((r, x))
+    lost: dict[str, list[str]] = {}  # run -> the labels of its nan metrics
+    for (variant, key), values in rows.items():
+        if any(not math.isnan(x) for _, x in values):
+            for r, x in values:
+                if math.isnan(x):
+                    lost.setdefault(f"{variant} seed {r['seed']} ({r['run']})", []).append(f"{metric(key).label} ({key})")
+    if not lost:
+        return []
+    return [Paragraph("Not a number (nan), so left out of the means, sds, tests and figures, which rest on the variant's other seeds "
+                      "(the cells say how many): " + "; ".join(f"{run}: {', '.join(keys)}" for run, keys in lost.items())
+                      + ". A nan in metrics.jsonl is an epoch whose bound diverged; in evaluation.json, a number that "
+                      "could not be computed for that run.", "warning")]
 
 
 def _notes(notes: list[str]) -> list[Block]:

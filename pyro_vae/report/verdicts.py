@@ -19,7 +19,7 @@ from pyro_vae.report.document import (
     Paragraph,
     Table,
 )
-from pyro_vae.report.tables import DASH, fmt_pm, fmt_signed
+from pyro_vae.report.tables import DASH, counted, fmt_pm, fmt_signed
 from pyro_vae.study.claims import CLAIM_RULE, Claim, Row
 from pyro_vae.study.statistics import FAILS, HOLDS, INCONCLUSIVE, NOT_JUDGED
 
@@ -54,9 +54,10 @@ def primary_text(claim: Claim) -> str:
                if row.spec.against == "target" else f"{claim.baseline} (improvement, paired by seed)"))
     if claim.verdict == NOT_JUDGED:
         return f"primary test {what}: not judged, {claim.reason}"
-    seeds = f"{t.n} seed{'s' * (t.n != 1)}"
-    dropped = f"; seed(s) {', '.join(map(str, t.dropped))} present on one side only, dropped" if t.dropped else ""
-    return f"primary test {what}: {fmt_signed(t.estimate)}, 95% interval {_interval(row)}, p {fmt_p(t.p)}, {seeds}{dropped}"
+    dropped = (f"; seed{'s' * (len(t.dropped) != 1)} {', '.join(map(str, t.dropped))} present on one side only, dropped"
+               if t.dropped else "")
+    return (f"primary test {what}: {fmt_signed(t.estimate)}, 95% interval {_interval(row)}, p {fmt_p(t.p)}, "
+            f"{counted(t.n, 'seed')}{dropped}")
 
 
 # What each outcome says about the claim, in words.

@@ -92,6 +92,7 @@ def run_cell(cell: Cell, log: Callable[[str], None] = lambda m: None, progress: 
     """Train (or resume) the cell's run to its epochs, then evaluate it; what was done and how long it took."""
     import torch
 
+    from pyro_vae.evaluation import cost
     from pyro_vae.evaluation.evaluate import EvalSettings, evaluate_run
     from pyro_vae.training.trainer import resume, train
 
@@ -110,7 +111,9 @@ def run_cell(cell: Cell, log: Callable[[str], None] = lambda m: None, progress: 
     epochs = len(runs.read_metrics(run)) - resumed_at  # fewer than epochs_left when the plateau rule stopped it
     if cell.evaluate:
         data, scorer = _data_and_scorer(cfg, log)
-        evaluate_run(run, EvalSettings.from_dict(cell.evaluation), scorer=scorer, data=data, log=log)
+        settings = EvalSettings.from_dict(cell.evaluation)
+        result = evaluate_run(run, settings, scorer=scorer, data=data, log=log)
+        cost.remember(cost.kind_of_run(run, settings), result["eval_seconds"])
     return {"variant": cell.variant, "seed": cell.seed, "resumed_at": resumed_at, "epochs": epochs,
             "evaluated": cell.evaluate, "train_seconds": trained, "seconds": time.perf_counter() - started}
 

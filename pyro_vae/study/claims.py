@@ -22,6 +22,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from pyro_vae.config import check_value
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.metrics import METRICS, direction, metric, ranked
 from pyro_vae.study.statistics import (
@@ -114,7 +115,8 @@ def _parse_test(entry, where: str) -> ClaimTest:
     if not isinstance(table, dict) or set(table) - {"metric", "against", "tolerance"} or "metric" not in table:
         raise UserError(f"{where} must be a metric key or a table {{ metric = \"KEY\", against = \"target\", "
                         f"tolerance = 0.02 }}, got {entry!r}")
-    key, against = table["metric"], table.get("against", "baseline")
+    key = check_value(f"metric in {where}", table["metric"], str)
+    against = check_value(f"against in {where}", table.get("against", "baseline"), str)
     if key not in METRICS:
         raise UserError(f"unknown metric {key!r} in {where}; known: {', '.join(METRICS)}")
     if METRICS[key].better is None:
@@ -125,9 +127,10 @@ def _parse_test(entry, where: str) -> ClaimTest:
         raise UserError(f"metric {key!r} in {where} has no target value (it is {METRICS[key].better}-is-better); "
                         f"test it against the baseline")
     tolerance = table.get("tolerance")
-    if against == "target" and (not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0):
+    if against == "target" and tolerance is None:
         raise UserError(f"{where} tests {key!r} against its target and needs tolerance = a number >= 0, declared "
                         f"in advance (how far from the target still counts as on it)")
+    check_value(f"tolerance in {where}", tolerance, float, 0, optional=True)
     if against == "baseline" and tolerance is not None:
         raise UserError(f"tolerance in {where} applies only to against = \"target\"")
     return ClaimTest(key, against, float(tolerance or 0.0))
@@ -163,6 +166,7 @@ def _parse_claim(name: str, table, variants: Sequence[str], compare_table: dict,
         variant = table.get(role, compare_table.get(role))
         if variant is None:
             raise UserError(f"{where} names no {role}; add {role} = \"VARIANT\" to it or a [compare] table")
+        check_value(f"{role} in {where} (a variant's name)", variant, str)
         if variant not in variants:
             raise UserError(f"{role} {variant!r} in {where} is not a variant; variants: {', '.join(variants)}")
         sides[role] = variant

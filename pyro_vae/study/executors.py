@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
@@ -68,8 +69,19 @@ class InProcess:
             yield cell, run_cell(replace(cell, threads=self.execution.threads), self.log, self.execution.progress)
 
 
+def _stop_worker(signum, frame) -> None:
+    """SIGTERM in a worker: free what it holds that outlives it (the named semaphores of its progress
+    bars' locks, which the resource tracker would report as leaked), then exit at once. Raising would
+    not do: the pool's worker loop catches every exception of a cell and takes the next one."""
+    from multiprocessing import util
+
+    util._run_finalizers(0)  # the finalizers a normal exit runs (SemLock unlinks among them)
+    os._exit(128 + signum)
+
+
 def _start_worker(threads: int) -> None:
     """Initialise a local worker process before anything imports torch in it."""
+    signal.signal(signal.SIGTERM, _stop_worker)
     os.environ.update(WORKER_ENV)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
@@ -102,8 +114,14 @@ class LocalPool:
                 except BrokenProcessPool:
                     raise UserError(f"a worker process died while running {futures[future].name}; finished runs are kept, "
                                     "run the same command again to resume the others") from None
+        except BaseException:  # Ctrl-C, SIGTERM, an error: the workers stop now, not after their cells
+            # (their files are written atomically: what an epoch finished is kept). Python 3.11's pool has
+            # no public way to reach its workers; 3.14 adds terminate_workers().
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)  # joins the workers and frees the pool's semaphores
 
 
 # name -> (when it applies, the executor class or "module:Class" for one whose module imports an

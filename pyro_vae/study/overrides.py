@@ -7,14 +7,16 @@ differs from the file.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.study.spec import Study
 
-__all__ = ["parse_seeds", "with_overrides"]
+__all__ = ["parse_seeds", "with_overrides", "with_quick"]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -52,3 +54,25 @@ def with_overrides(study: Study, source: str, settings: dict[str, Any], seeds: l
         d["seeds"], recorded["seeds"] = seeds, seeds
     d["overrides"] = recorded
     return Study.from_dict(d, f"{source} with the command line's changes")
+
+
+def with_quick(study: Study, quick: bool, runs_dir: Path | None = None) -> Study:
+    """The study with the --quick evaluation preset over its [evaluation] table, recorded in its overrides
+    (the report states it). Runs in `runs_dir` already evaluated at the study's own settings are not
+    given up for quicker numbers: that is refused."""
+    if not quick:
+        return study
+    from pyro_vae.evaluation import cost
+    from pyro_vae.study.cells import evaluation_stale
+    from pyro_vae.training import runs
+
+    own = asdict(study.eval_settings())
+    quicker = dataclasses.replace(study, evaluation=cost.quick(study.evaluation),
+                                  overrides={**study.overrides, "evaluation": "quick"})
+    if runs_dir is not None and asdict(quicker.eval_settings()) != own:
+        for variant, seed in study.cells():
+            run = study.run_dir(runs_dir, variant, seed)
+            if (run / runs.EVALUATION).exists() and not evaluation_stale(run, own):
+                raise UserError(f"{run} is evaluated at the study's own settings; --quick would replace that evaluation "
+                                "with a quicker one: drop --quick")
+    return quicker

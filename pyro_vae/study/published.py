@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from pyro_vae.config import check_value
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.metrics import METRICS
 
@@ -26,9 +27,9 @@ def check_published(table: dict, source: str) -> dict:
         return {}
     if set(table) - KEYS or not {"source", "metric", "values"} <= set(table):
         raise UserError(f"{where} needs source, metric and values (and optionally note); got {', '.join(sorted(table))}")
-    for key in ("source", "note"):
-        if key in table and not isinstance(table[key], str):
-            raise UserError(f"{key} in {where} must be a string, got {table[key]!r}")
+    for key in ("source", "metric", "note"):
+        if key in table:
+            check_value(f"{key} in {where}", table[key], str)
     if table["metric"] not in METRICS:
         raise UserError(f"unknown metric {table['metric']!r} in {where}; known: {', '.join(METRICS)}")
     values = table["values"]

@@ -7,16 +7,19 @@
 
 from __future__ import annotations
 
+from pyro_vae.config import check_value
 from pyro_vae.errors import UserError
 
 RESOURCES = {"cpus": 1, "gpus": 0}  # name -> default
+_ABOVE_ZERO = {"cpus"}  # a run needs some CPU; gpus may be 0
 
 
 def check_resources(values: dict, source: str) -> dict:
+    """The table (or the --cpus-per-run/--gpus-per-run flags) if every value is a finite number, 0 or more
+    (cpus above 0); else a one-line UserError."""
     unknown = set(values) - set(RESOURCES)
     if unknown:
         raise UserError(f"unknown resource(s) {', '.join(sorted(unknown))} in {source}; valid: {', '.join(RESOURCES)}")
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (name == "cpus" and value == 0):
-            raise UserError(f"{name} in {source} must be a number above 0 (gpus may be 0), got {value!r}")
+        check_value(f"{name} in {source}", value, float, 0, above=name in _ABOVE_ZERO)
     return values

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import data_key, load_data
+from pyro_vae.data import data_key, load_data, locate
 from pyro_vae.errors import UserError
+from pyro_vae.evaluation import cost
 from pyro_vae.evaluation.evaluate import Scorer, evaluate_run, read_evaluation
 from pyro_vae.io import atomic_write_json, read_json
+from pyro_vae.report.tables import counted
+from pyro_vae.report.tables import counted
 from pyro_vae.study.cells import evaluation_stale, make_cell
 from pyro_vae.study.executors import Execution, make_executor
 from pyro_vae.study.spec import STUDY_FILE, Study
@@ -79,11 +82,31 @@ def _run_study(study: Study, runs_dir: Path, log: Callable[[str], None], executi
         cells.append(make_cell(variant, seed, run, cfg, settings, study.plugins, study.tensorboard))
     executor = make_executor(execution, study.resources, log)
     todo = [c for c in cells if c.todo]
-    log(f"study {study.name}: {len(cells)} runs ({len(study.variants)} variants x {len(study.seeds)} seeds), "
+    for dataset, data_dir in dict.fromkeys((c.config["dataset"], c.config["data_dir"]) for c in todo):
+        locate(dataset, data_dir)  # here, once: a missing dataset fails now, a failed download is said once
+    log(f"study {study.name}: {counted(len(cells), 'run')} ({counted(len(study.variants), 'variant')} x "
+        f"{counted(len(study.seeds), 'seed')}), "
         f"{_epochs_to_train(todo)} to train, then evaluation, {executor.describe()} -> {runs_dir}")
     for cell in cells:
         if not cell.todo:
             log(f"{cell.name}: complete, skipped")
+    try:
+        _run_cells(executor, todo, log)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say what stays, the caller says how to continue
+        log("stopped; kept: " + "; ".join(_kept(c) for c in cells))
+        raise
+    return runs_dir
+
+
+def _kept(cell) -> str:
+    """What a cell's run folder holds now: epochs trained and whether its evaluation is current."""
+    run = Path(cell.run)
+    done = runs.read_metrics(run)[-1]["epoch"] if (run / runs.CHECKPOINT).exists() and runs.read_metrics(run) else 0
+    evaluated = done and not evaluation_stale(run, cell.evaluation)
+    return f"{cell.name} {done}/{cell.config['epochs']} epochs" + (", evaluated" if evaluated else ", not evaluated" if done else "")
+
+
+def _run_cells(executor, todo: list, log: Callable[[str], None]) -> None:
     started, left = time.perf_counter(), {c.name: c for c in todo}
     for i, (cell, result) in enumerate(executor.run(todo), 1):
         del left[cell.name]
@@ -95,7 +118,6 @@ def _run_study(study: Study, runs_dir: Path, log: Callable[[str], None], executi
         log(f"[{i}/{len(todo)}] {cell.name}: {', '.join(done)} in {_fmt_minutes(result['seconds'])}"
             + (f" (about {_fmt_minutes(eta)} left)" if left else ""))
     log(f"training and evaluation done in {_fmt_minutes(time.perf_counter() - started)}")
-    return runs_dir
 
 
 # What a run's data depends on: runs that agree on these are evaluated on one copy of it.
@@ -109,18 +131,21 @@ def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None], cel
     if not stale:
         log("evaluation: all runs already evaluated")
         return
+    keys = [cost.kind_of_run(run, settings) for _, _, run in stale]
+    log(cost.announce([f"{v} seed {s}" for v, s, _ in stale], keys, settings))
     loaded: dict[tuple, tuple] = {}
     started = time.perf_counter()
-    for i, (variant, seed, run) in enumerate(stale, 1):
+    for i, ((variant, seed, run), key) in enumerate(zip(stale, keys), 1):
         cfg = study.config(variant, seed)
-        key = data_key(cfg)
-        if key not in loaded:
+        data_id = data_key(cfg)
+        if data_id not in loaded:
             data = load_data(cfg)
-            loaded[key] = (data, Scorer(data, cfg.dataset, log))
-        data, scorer = loaded[key]
+            loaded[data_id] = (data, Scorer(data, cfg.dataset, log))
+        data, scorer = loaded[data_id]
         left = (time.perf_counter() - started) / (i - 1) * (len(stale) - i + 1) if i > 1 else None
         log(f"evaluating [{i}/{len(stale)}] {variant} seed {seed}" + (f" (about {_fmt_minutes(left)} left)" if left else ""))
-        evaluate_run(run, settings, scorer=scorer, data=data, log=log)
+        result = evaluate_run(run, settings, scorer=scorer, data=data, log=log)
+        cost.remember(key, result["eval_seconds"])
 
 
 def collect(study: Study, runs_dir: Path, cells: list[tuple[str, int]] | None = None) -> list[dict]:

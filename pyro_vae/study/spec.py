@@ -28,18 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyro_vae import plugins
-from pyro_vae.config import SEED_LIMIT, TrainConfig
+from pyro_vae.config import SEED_LIMIT, TrainConfig, check_value
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import EvalSettings
 from pyro_vae.io import read_json, read_toml
 from pyro_vae.study.claims import ClaimSpec, parse_claims
 from pyro_vae.study.published import check_published
 from pyro_vae.study.resources import check_resources
+from pyro_vae.training.runs import STUDY_FILE
 
 __all__ = ["Study", "STUDY_FILE"]
 
-STUDY_FILE = "study.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+NAME_LIMIT = 100  # characters in a variant name: a folder name, well inside every file system's 255 bytes
 # Names a variant's folder may not take in RUNS_DIR: the study's own files and the default report folder.
 RESERVED = {STUDY_FILE, "report", ".lock"}
 COMPARE_KEYS = {"baseline", "candidate"}
@@ -110,8 +111,9 @@ class Study:
                 isinstance(s, int) and not isinstance(s, bool) and 0 <= s < SEED_LIMIT for s in seeds):
             raise UserError(f"seeds in {source} must be a list of distinct whole numbers from 0 to 2**32 - 1, got {seeds!r}")
         for name, table in d["variants"].items():
-            if not _NAME.fullmatch(name) or name in RESERVED:
-                raise UserError(f"variant name {name!r} in {source} must be letters, digits, '.', '_', '+' or '-' "
+            if not _NAME.fullmatch(name) or name in RESERVED or len(name) > NAME_LIMIT:
+                raise UserError(f"variant name {name[:40]!r}{'...' if len(name) > 40 else ''} ({len(name)} characters) in "
+                                f"{source} must be at most {NAME_LIMIT} letters, digits, '.', '_', '+' or '-' "
                                 f"(starting with a letter or digit) and not one of {', '.join(sorted(RESERVED))}")
             if not isinstance(table, dict):
                 raise UserError(f"[variants.{name}] in {source} must be a table of settings, got {table!r}")
@@ -121,6 +123,8 @@ class Study:
         if set(d.get("compare", {})) - COMPARE_KEYS:
             raise UserError(f"unknown key(s) {', '.join(sorted(set(d['compare']) - COMPARE_KEYS))} in [compare] of {source}; "
                             f"valid: {', '.join(sorted(COMPARE_KEYS))}")
+        for role, variant in d.get("compare", {}).items():
+            check_value(f"{role} in [compare] of {source} (a variant's name)", variant, str)
         study = cls(
             name=d.get("name", Path(source).stem), title=d.get("title", d.get("name", Path(source).stem)),
             description=d.get("description", ""), seeds=list(seeds), base=dict(d.get("base", {})),
@@ -130,12 +134,15 @@ class Study:
             tensorboard=d.get("tensorboard", False), overrides=dict(d.get("overrides", {})),
             published=check_published(dict(d.get("published", {})), source),
         )
+        settings = study.eval_settings()
         for variant in study.variants:  # every cell must be a valid config and model before anything runs
-            _check_variant(study.config(variant, study.seeds[0]), variant, source)
+            cfg = study.config(variant, study.seeds[0])
+            _check_variant(cfg, variant, source)
+            if cfg.test_limit is not None:  # too few test images for the evaluation: refused now, not after training
+                settings.check_test_images(cfg.test_limit, f"[variants.{variant}] of {source} (test_limit = {cfg.test_limit})")
         for role in ("baseline", "candidate"):
             if role in study.compare and study.compare[role] not in study.variants:
                 raise UserError(f"[compare] {role} {study.compare[role]!r} is not a variant of {source}")
-        study.eval_settings()
         parse_claims(study.claims, list(study.variants), study.compare, source)
         return study
 

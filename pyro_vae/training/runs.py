@@ -17,6 +17,7 @@ import io
 import json
 import os
 import platform
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -57,6 +58,8 @@ def _is_run_entry(p: Path) -> bool:
         return all(f.is_file() and f.name.startswith("events.out.tfevents.") for f in p.iterdir())
     return p.name in RUN_FILES and p.is_file()
 LOCK = ".lock"
+STUDY_FILE = "study.json"  # what marks RUNS_DIR of a study, whose run folders are RUNS_DIR/<variant>/seed-<n>
+STUDY_ENV = "PYRO_VAE_LOCKED"  # the folders whose locks this process (or the study that started it) holds
 
 
 def check_target(out: Path, force: bool) -> list[Path]:
@@ -116,6 +119,7 @@ def locked(folder: str | Path, create: bool = True) -> Iterator[Path]:
         raise UserError(f"cannot create {folder}: {os_fix(e)}") from None
     if not os.access(folder, os.W_OK):
         raise UserError(f"{folder} is not writable; choose another folder or fix its permissions")
+    _check_study_free(folder)
     path = folder / LOCK
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -138,10 +142,59 @@ def locked(folder: str | Path, create: bool = True) -> Iterator[Path]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         for leftover in temporaries(folder):  # safe to remove: the folder is locked
             leftover.unlink(missing_ok=True)
-        yield folder
+        with _held(folder):
+            yield folder
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
+
+
+def study_of(folder: Path) -> Path | None:
+    """The study folder a run folder belongs to (RUNS_DIR of RUNS_DIR/<variant>/seed-<n>), or None."""
+    parent = Path(folder).absolute().parent.parent
+    return parent if Path(folder).name.startswith("seed-") and (parent / STUDY_FILE).is_file() else None
+
+
+def _check_study_free(folder: Path) -> None:
+    """A run of a study that another process is running is the study's: `train --resume` or `evaluate`
+    of it meanwhile would mix its epochs or evaluation into the study's report. The study's own
+    processes (which inherit STUDY_ENV) pass."""
+    study = study_of(folder)
+    if study is None or not (study / LOCK).exists() or str(study.resolve()) in os.environ.get(STUDY_ENV, "").split(os.pathsep):
+        return
+    try:
+        fd = os.open(study / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused only while the study holds its lock
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        raise UserError(f"{folder} is a run of the study in {study}, which process {holder} is running; "
+                        "wait for the study to finish (it trains and evaluates this run itself)") from None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[None]:
+    """Record `folder` as locked by this process, for this process and the workers it starts (the
+    environment is inherited), in STUDY_ENV."""
+    previous = os.environ.get(STUDY_ENV)
+    os.environ[STUDY_ENV] = os.pathsep.join(filter(None, [previous, str(folder.resolve())]))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(STUDY_ENV, None)
+        else:
+            os.environ[STUDY_ENV] = previous
+
+
+def new_run_id() -> str:
+    """Who a run is: config.json and every checkpoint of the run carry it, so a checkpoint copied in from
+    another run (another seed, another variant of the same shapes) is refused, not taken for the run's own."""
+    return uuid.uuid4().hex
 
 
 def read_config(run: Path) -> tuple[TrainConfig, dict]:
@@ -210,7 +263,9 @@ def save_checkpoint(run: Path, state: dict) -> None:
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "rng")
 
 
-def load_checkpoint(run: Path, device: str = "cpu") -> dict:
+def load_checkpoint(run: Path, device: str = "cpu", run_id: str | None = None) -> dict:
+    """The checkpoint's state; `run_id` is config.json's: a checkpoint of another run is refused
+    (runs made before ids existed have none on either side)."""
     path = Path(run) / CHECKPOINT
     if not path.exists():
         raise UserError(f"{path} does not exist; the run has not finished an epoch yet")
@@ -220,6 +275,10 @@ def load_checkpoint(run: Path, device: str = "cpu") -> dict:
         raise UserError(f"{path} cannot be read ({type(e).__name__}); the checkpoint is damaged: train the run again") from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS) or not isinstance(state["epoch"], int):
         raise UserError(f"{path} is damaged: it lacks {', '.join(CHECKPOINT_KEYS)}; train the run again")
+    if state.get("run_id") != run_id:
+        raise UserError(f"{path} belongs to another run (its run id {state.get('run_id') or 'none'}, {CONFIG} says "
+                        f"{run_id or 'none'}): it was copied in from another folder; put back the run's own checkpoint "
+                        "or train the run again")
     return state
 
 
@@ -295,7 +354,7 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     path = Path(path)
     cfg, record = read_config(path)
     cfg.device = device
-    state = load_checkpoint(path, device)
+    state = load_checkpoint(path, device, record.get("run_id"))
     vae = build_vae(cfg).to(device)
     load_model_state(vae, state, path)
     vae.eval()

@@ -85,6 +85,7 @@ class Trainer:
         self.test_obs = self.binarization.test(dataset.test_x.to(self.device), cfg.seed)
         self.valid_obs = None if dataset.valid_x is None else self.binarization.test(dataset.valid_x.to(self.device), cfg.seed)
         self.epoch = 0
+        self.run_id: str | None = None  # config.json's, set when the run starts or resumes
         self.plateau = Plateau.of(cfg)
         self.plateau_state = PlateauState()
         self.inputs = EpochInputs(self.binarization, self.train_x, cfg.seed, cfg.epochs)
@@ -124,7 +125,8 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"epoch": self.epoch, "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng}
+        state = {"epoch": self.epoch, "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng}
+        return state if self.run_id is None else {**state, "run_id": self.run_id}
 
     def beta_at(self, epoch: int) -> float:
         """KL annealing: beta * epoch / warm-up during the warm-up epochs, then beta."""
@@ -301,10 +303,13 @@ def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool
 
 
 def _start(trainer: Trainer, cfg: TrainConfig, dataset, run: Path, progress: bool, log, plugin_records: list[dict]) -> Path:
-    record = {"config": cfg.to_dict(), "data": dataset.provenance, "versions": runs.versions(),
+    trainer.run_id = runs.new_run_id()
+    record = {"run_id": trainer.run_id, "config": cfg.to_dict(), "data": dataset.provenance, "versions": runs.versions(),
               "objective_note": "train_elbo/test_elbo in metrics.jsonl are the objective's bound per image (beta-scaled)"}
     if plugin_records:
         record["plugins"] = plugin_records
+    if trainer.vae.likelihood.record:
+        record["likelihood"] = {"name": cfg.likelihood, **trainer.vae.likelihood.record}
     atomic_write_json(run / runs.CONFIG, record)
     if dataset.split_indices is not None:
         atomic_write_json(run / runs.SPLIT, dataset.split_indices)
@@ -329,7 +334,8 @@ def resume(run: str | Path, epochs: int | None = None, progress: bool = True, lo
     runs.check_data(run, record, dataset.provenance)
     trainer = Trainer(cfg, run, dataset, log, tensorboard=tensorboard)
     with runs.locked(run):
-        state = runs.load_checkpoint(run, cfg.device)
+        state = runs.load_checkpoint(run, cfg.device, record.get("run_id"))
+        trainer.run_id = record.get("run_id")
         trainer.restore(state)
         if epochs is not None and epochs < trainer.epoch:
             raise UserError(f"{run} has trained {trainer.epoch} epochs already; --epochs is the new total, so give at least {trainer.epoch}")

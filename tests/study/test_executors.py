@@ -196,3 +196,47 @@ def test_a_user_error_in_a_ray_task_fails_the_study_with_its_line(tmp_path, clus
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("pyro-vae: error: AE seed 0: ")
     assert "checkpoint is damaged" in done.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_two_worker_study_says_what_it_kept_and_leaks_nothing(tmp_path):
+    text = TINY.replace("epochs = 1", "epochs = 40").replace("train_limit = 2000", "train_limit = 500")
+    file, runs = study(tmp_path, text), tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "study", file, "--out", str(runs), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = runs / "AE" / "seed-0" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not first.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "too slow"
+        time.sleep(0.1)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    proc.send_signal(signal.SIGTERM)  # to the driver only, as a scheduler or `kill` sends it
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, stderr
+    last = stderr.strip().splitlines()
+    assert last[-1] == ("pyro-vae: stopped by SIGTERM; finished epochs and evaluations are kept "
+                        "(run the same study command again to continue)"), stderr
+    assert "stopped; kept: AE seed 0 " in stderr and "/40 epochs" in stderr
+    assert "leaked" not in stderr and "Traceback" not in stderr, stderr
+    time.sleep(1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    assert workers and not alive  # the workers stopped with the driver
+    assert not (runs / ".lock").exists()
+    kept = len(first.read_text().splitlines())
+    assert 1 <= kept < 40
+
+
+@pytest.mark.slow
+def test_a_study_offline_says_once_that_the_download_failed(tmp_path):
+    """No data configured, none in the cache, no network: the driver tries the download once and says so
+    once; its two workers inherit the failure."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYRO_VAE_DATA", "PYRO_VAE_FAILED_DOWNLOADS")}
+    if (Path(env["PYRO_VAE_CACHE"]) / "data" / "MNIST" / "raw").exists():  # the session's cache, for its classifiers
+        env["PYRO_VAE_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "study", study(tmp_path), "--out", str(tmp_path / "runs"),
+                           "--no-progress", "--workers", "2", "--seeds", "0", "--set", "train_limit=500"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    if "origin" in done.stderr and "download" in json.loads((tmp_path / "runs" / "AE" / "seed-0" / "config.json").read_text())["data"]["origin"]:
+        pytest.skip("this machine can download MNIST")  # pragma: no cover
+    assert done.stderr.count("download of mnist failed") == 1, done.stderr

@@ -107,7 +107,7 @@ def test_the_report_says_where_the_rule_stopped_each_run():
     assert "; all 2 runs stopped by the rule (no validation" in _epochs_text(rows)
     rows[1]["config"] = small_config(epochs=200, plateau_patience=3).to_dict()
     assert "the variants under different plateau rules or none" in _epochs_text(rows)
-    assert _epochs_text([{"config": small_config(epochs=7).to_dict(), "training_curve": curve(7, {})}]) == "7 epoch(s)"
+    assert _epochs_text([{"config": small_config(epochs=7).to_dict(), "training_curve": curve(7, {})}]) == "7 epochs"
 
 
 def test_a_bound_that_is_not_a_number_is_an_error_not_a_plateau(tmp_path, monkeypatch):

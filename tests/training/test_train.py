@@ -43,7 +43,8 @@ def test_run_folder_contents(tmp_path):
     assert record["data"]["train_count"] == 1000 and record["data"]["test_count"] == 300
     assert {"torch", "pyro", "torchvision", "python", "pyro_vae"} <= set(record["versions"])
     state = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 1 and set(state) == {"epoch", "model", "optimizer", "rng", "metrics"}
+    assert state["epoch"] == 1 and set(state) == {"epoch", "model", "optimizer", "rng", "metrics", "run_id"}
+    assert state["run_id"] == record["run_id"] and len(record["run_id"]) == 32
     assert state["metrics"] == runs.read_metrics(run)[0]  # the checkpoint carries its epoch's line
     loaded = load_run(run)
     x = torch.rand(5, 784)
