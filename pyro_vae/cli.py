@@ -286,21 +286,23 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _quick_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="a quick evaluation for a first look: K = 100 on 500 test images, "
-                   "1000 generated images, 20 bootstrap rounds, 10,000 training codes (stated in the report; default: off)")
+    from pyro_vae.evaluation.presets import QUICK  # the standard library only: no torch for parsing
+
+    p.add_argument("--quick", action="store_true", help="a quick evaluation for a first look, stated in the report: "
+                   + ", ".join(f"{k} {v}" for k, v in QUICK.items()) + " (default: off, the study's or the defaults)")
 
 
 @command("evaluate", "evaluate a run: ELBO, log p(x), latent metrics, sample quality -> evaluation.json", _evaluate_arguments)
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from pyro_vae.evaluation import cost
+    from pyro_vae.evaluation import cost, presets
     from pyro_vae.evaluation.evaluate import EvalSettings, evaluate_run
 
     for flag, value in (("--num-samples", args.num_samples), ("--likelihood-images", args.likelihood_images)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    values = {**(cost.quick({}) if args.quick else {}), "seed": args.seed}
+    values = {**(presets.quick({}) if args.quick else {}), "seed": args.seed}
     values.update({k: v for k, v in (("num_samples", args.num_samples), ("likelihood_images", args.likelihood_images)) if v is not None})
     settings = EvalSettings.from_dict(values)
     keys = []
@@ -344,7 +346,8 @@ def parser() -> argparse.ArgumentParser:
 # What Ctrl-C leaves behind, per command (files are written whole or not at all, so nothing is half-written).
 INTERRUPTED = {
     "train": "finished epochs are kept in the run folder (continue with --resume)",
-    "report": "the report folder holds the previous report, if any, as it was (run the command again)",
+    "report": "the report folder holds a whole report, the previous one or, if the stop came as it was moved in, "
+              "the new one (run the command again to be sure)",
     "study": "finished epochs and evaluations are kept (run the same study command again to continue)",
 }
 INTERRUPTED_OTHERWISE = "no file was left half-written (run the command again)"
@@ -363,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     args = None
-    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
-        signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args = parser().parse_args(argv)
         args.plugin_records = _load_plugins(args.plugin)
@@ -376,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         kept = INTERRUPTED.get(getattr(args, "command", None), INTERRUPTED_OTHERWISE)
         print(f"pyro-vae: {'stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted'}; {kept}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------------------------------

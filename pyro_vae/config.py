@@ -11,6 +11,7 @@ from pyro_vae.errors import UserError
 
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 OUTPUT_BIASES = ("default", "data-mean")
+PRECISIONS = ("float32", "bf16")
 
 
 def check_value(what: str, value: Any, kind: type, low: float | None = None, high: float | None = None, *,
@@ -84,6 +85,8 @@ class TrainConfig:
     lr_schedule: str = setting("constant", "learning-rate schedule over the epochs: {schedules}")
     seed: int = setting(0, "seed for weights, batches, binarisation and noise")
     device: str = setting("cpu", "cpu or cuda")
+    precision: str = setting("float32", "float32, or bf16: the networks' matrix products in bfloat16 (torch.autocast; AMX "
+                                        "units on recent CPUs, tensor cores on GPUs), the loss and optimiser state in float32")
     binarize: str = setting("dynamic", "binarisation: {binarizations}")
     train_limit: int | None = setting(None, "use only this many training images (a seeded subset), e.g. 2000")
     test_limit: int | None = setting(None, "use only this many test images (a seeded subset), e.g. 500")
@@ -147,6 +150,8 @@ class TrainConfig:
         for name in ("train_limit", "test_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be a positive number of images, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.output_bias not in OUTPUT_BIASES:
             raise UserError(f"unknown output-bias {self.output_bias!r}; choose one of: {', '.join(OUTPUT_BIASES)}")
         SCHEDULES[self.lr_schedule](**self.lr_schedule_options)  # its options checked now, not at epoch 1

@@ -9,7 +9,7 @@ from torch import nn
 
 from pyro_vae.components.guides import GUIDES
 from pyro_vae.components.likelihoods import Likelihood, build_likelihood
-from pyro_vae.components.networks import build_network
+from pyro_vae.components.networks import build_network, in_precision
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.errors import UserError
 
@@ -69,7 +69,8 @@ def build_vae(cfg) -> VAE:
 
 def _build_vae(cfg) -> VAE:
     network = build_network(cfg.network, cfg.network_options)
-    guide = GUIDES[cfg.guide](cfg.latent_dim, lambda out_dim: network.encoder(out_dim, cfg.hidden_dim), **cfg.guide_options)
+    encoder = lambda out_dim: in_precision(network.encoder(out_dim, cfg.hidden_dim), cfg.precision)  # noqa: E731
+    guide = GUIDES[cfg.guide](cfg.latent_dim, encoder, **cfg.guide_options)
     prior = PRIORS[cfg.prior](cfg.latent_dim, guide, **cfg.prior_options)
-    decoder = network.decoder(cfg.latent_dim, cfg.hidden_dim)
+    decoder = in_precision(network.decoder(cfg.latent_dim, cfg.hidden_dim), cfg.precision)
     return VAE(prior, guide, decoder, build_likelihood(cfg.likelihood, cfg.likelihood_options), cfg.beta)

@@ -319,7 +319,7 @@ def test_evaluate_says_what_it_evaluates_and_how_long_it_will_take_and_quick_is_
     assert first.startswith(f"evaluating 1 run ({run}): log p(x) with K = 100 on the first 40 test images, 1000 generated")
     assert "no estimate yet" in first and "the --quick preset" in first
     settings = json.loads((run / "evaluation.json").read_text())["settings"]
-    from pyro_vae.evaluation.cost import QUICK
+    from pyro_vae.evaluation.presets import QUICK
 
     assert settings == {**settings, **QUICK, "likelihood_images": 40}  # the preset, the flag over it, in the record
     code, out, err = run_cli(capsys, "evaluate", str(run), "--quick", "--likelihood-images", "40")
@@ -356,7 +356,7 @@ generated = 300
 
 
 def test_study_quick_evaluates_with_the_preset_says_so_and_will_not_replace_a_full_evaluation(tmp_path, capsys):
-    from pyro_vae.evaluation.cost import QUICK
+    from pyro_vae.evaluation.presets import QUICK
 
     study = tmp_path / "q.toml"
     study.write_text(QUICK_STUDY)

@@ -60,6 +60,22 @@ class _FlattenLeading(nn.Module):
         return self.body(x.reshape(-1, self.in_dim)).reshape(*lead, self.out_dim)
 
 
+def in_precision(module: nn.Module, precision: str) -> nn.Module:
+    """`module` computing in `precision`: for bf16 its forward runs under torch.autocast (matrix products
+    and convolutions in bfloat16) and returns float32, so the likelihood, the loss and the optimiser
+    state stay in float32. The weights and their names are untouched: checkpoints load either way."""
+    if precision == "float32":
+        return module
+    forward = module.forward
+
+    def autocast_forward(x, *args, **kwargs):
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            return forward(x, *args, **kwargs).float()
+
+    module.forward = autocast_forward
+    return module
+
+
 def mlp_layers(sizes: list[int], activation: str = "relu") -> nn.Module:
     """Linear layers through `sizes` with the activation between them (plain Linear layers broadcast
     over leading dims already, so particle dims pass through)."""

@@ -11,27 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, replace
 
 from pyro_vae.data import cache_subdir
 from pyro_vae.errors import UserError
 from pyro_vae.io import atomic_write_json, read_json
-
-# `--quick`: a first look at a run, its settings stated wherever its numbers are shown. Fewer importance
-# samples and images for log p(x) (the bound is looser: K = 100 against 1000), fewer generated images
-# (FID rises as fewer are scored), fewer bootstrap rounds (a wider interval) and training codes.
-QUICK = {"num_samples": 100, "likelihood_images": 500, "generated": 1000, "pairs": 500, "bootstrap": 20,
-         "train_codes": 10000, "hole_codes": 2000, "hole_mass_draws": 10000, "null_draws": 100}
-
-
-
-def quick(evaluation: dict) -> dict:
-    """An [evaluation] table with the quick preset over it; where the table asks for less already, its value."""
-    values = dict(evaluation)
-    for key, value in QUICK.items():
-        values[key] = value if values.get(key) is None else min(values[key], value)
-    return values
-
+from pyro_vae.report.tables import counted
 
 FILE = "evaluation-times.json"
 KEPT = 200  # kinds remembered (the newest)
@@ -41,7 +27,7 @@ def kind(cfg, settings, test_count: int, train_count: int) -> str:
     """What decides an evaluation's time: the model's shape, the data's size and the settings."""
     what = {"network": cfg.network, "network_options": cfg.network_options, "hidden_dim": cfg.hidden_dim,
             "latent_dim": cfg.latent_dim, "guide": cfg.guide, "prior": cfg.prior, "likelihood": cfg.likelihood,
-            "device": cfg.device, "test": test_count, "train": train_count, "settings": asdict(settings)}
+            "device": cfg.device, "precision": getattr(cfg, "precision", "float32"), "test": test_count, "train": train_count, "settings": asdict(settings)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -61,8 +47,8 @@ def kind_of_record(cfg, record: dict, settings) -> str:
 
 
 def _read() -> dict:
-    path = cache_subdir("timings") / FILE
     try:
+        path = cache_subdir("timings") / FILE
         times = read_json(path) if path.exists() else {}
     except UserError:  # a damaged record costs an estimate, nothing more
         return {}
@@ -70,11 +56,15 @@ def _read() -> dict:
 
 
 def remember(key: str, seconds: float) -> None:
-    """Keep the time of an evaluation of this kind (the mean with the previous one)."""
-    times = _read()
-    previous = times.pop(key, None)
-    times[key] = seconds if not isinstance(previous, (int, float)) else (previous + seconds) / 2
-    atomic_write_json(cache_subdir("timings") / FILE, dict(list(times.items())[-KEPT:]))
+    """Keep the time of an evaluation of this kind (the mean with the previous one). Best effort: an
+    unwritable cache costs the next estimate, never the evaluation that was made."""
+    try:
+        times = _read()
+        previous = times.pop(key, None)
+        times[key] = seconds if not isinstance(previous, (int, float)) else (previous + seconds) / 2
+        atomic_write_json(cache_subdir("timings") / FILE, dict(list(times.items())[-KEPT:]))
+    except UserError as e:
+        print(f"pyro-vae: the evaluation's time was not kept for later estimates ({e})", file=sys.stderr)
 
 
 def estimate(keys: list[str]) -> float | None:
@@ -95,5 +85,5 @@ def announce(names: list[str], keys: list[str], settings) -> str:
     when = (f"about {fmt_seconds(seconds)} (as long as the same evaluations took here before)" if seconds is not None
             else "no estimate yet (not evaluated on this machine before; each run's time is said as it finishes)")
     shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-    return (f"evaluating {len(names)} run{'s' if len(names) != 1 else ''} ({shown}): log p(x) with K = {settings.num_samples} "
+    return (f"evaluating {counted(len(names), 'run')} ({shown}): log p(x) with K = {settings.num_samples} "
             f"{likelihood}, {settings.generated} generated images per sampler; {when}")

@@ -62,7 +62,7 @@ from pyro_vae.report.tables import (
 )
 from pyro_vae.report.verdicts import claim_blocks, glance_blocks
 from pyro_vae.study.claims import judge_claims
-from pyro_vae.evaluation.cost import QUICK
+from pyro_vae.evaluation.presets import QUICK
 from pyro_vae.study.folders import RunFolders, study_from_runs
 from pyro_vae.study.overrides import with_quick
 from pyro_vae.study.runner import collect, evaluate_study
@@ -260,7 +260,7 @@ def _figure_runs(study: Study, runs_dir: Path, finished: list[tuple[str, int]]) 
 def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str], None] = _stderr, quick: bool = False) -> Path:
     """Report on a study's finished runs (evaluating what lacks an evaluation, never training); returns
     report.html. Missing or unfinished runs are listed at the top of the report. `quick`: what needs an
-    evaluation gets the quick preset (pyro_vae.evaluation.cost.QUICK), and the report says so."""
+    evaluation gets the quick preset (pyro_vae.evaluation.presets.QUICK), and the report says so."""
     runs_dir = Path(runs_dir)
     check_report_folder(Path(out_dir))
     return _build(with_quick(Study.from_runs_dir(runs_dir), quick, runs_dir), runs_dir, Path(out_dir), log)

@@ -109,11 +109,12 @@ def report_folder(out_dir: Path) -> Iterator[Path]:
         with runs.locked(out_dir):
             check_report_folder(out_dir)  # again, now that no other build can be writing there
             staging = out_dir / STAGING
+            earlier = earlier_files(out_dir)  # before a killed build's staging (and the manifest it holds) goes
             shutil.rmtree(staging, ignore_errors=True)  # what a killed build left
             staging.mkdir()
             try:
                 yield staging
-                _move_in(staging, out_dir)
+                _move_in(staging, out_dir, earlier)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
@@ -123,8 +124,7 @@ def report_folder(out_dir: Path) -> Iterator[Path]:
         raise
 
 
-def _move_in(staging: Path, out_dir: Path) -> None:
-    earlier = earlier_files(out_dir)
+def _move_in(staging: Path, out_dir: Path, earlier: set[str]) -> None:
     files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
     atomic_write_json(staging / MANIFEST, {"files": files})
     with _signals_held():

@@ -62,12 +62,12 @@ def with_quick(study: Study, quick: bool, runs_dir: Path | None = None) -> Study
     given up for quicker numbers: that is refused."""
     if not quick:
         return study
-    from pyro_vae.evaluation import cost
+    from pyro_vae.evaluation import presets
     from pyro_vae.study.cells import evaluation_stale
     from pyro_vae.training import runs
 
     own = asdict(study.eval_settings())
-    quicker = dataclasses.replace(study, evaluation=cost.quick(study.evaluation),
+    quicker = dataclasses.replace(study, evaluation=presets.quick(study.evaluation),
                                   overrides={**study.overrides, "evaluation": "quick"})
     if runs_dir is not None and asdict(quicker.eval_settings()) != own:
         for variant, seed in study.cells():

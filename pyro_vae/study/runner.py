@@ -7,6 +7,7 @@ The study file itself is :class:`pyro_vae.study.spec.Study`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import asdict
@@ -19,7 +20,6 @@ from pyro_vae.errors import UserError
 from pyro_vae.evaluation import cost
 from pyro_vae.evaluation.evaluate import Scorer, evaluate_run, read_evaluation
 from pyro_vae.io import atomic_write_json, read_json
-from pyro_vae.report.tables import counted
 from pyro_vae.report.tables import counted
 from pyro_vae.study.cells import evaluation_stale, make_cell
 from pyro_vae.study.executors import Execution, make_executor
@@ -82,8 +82,9 @@ def _run_study(study: Study, runs_dir: Path, log: Callable[[str], None], executi
         cells.append(make_cell(variant, seed, run, cfg, settings, study.plugins, study.tensorboard))
     executor = make_executor(execution, study.resources, log)
     todo = [c for c in cells if c.todo]
-    for dataset, data_dir in dict.fromkeys((c.config["dataset"], c.config["data_dir"]) for c in todo):
-        locate(dataset, data_dir)  # here, once: a missing dataset fails now, a failed download is said once
+    if execution.ray is None:  # the data is this machine's (a cluster's nodes have their own)
+        for dataset, data_dir in dict.fromkeys((c.config["dataset"], c.config["data_dir"]) for c in todo):
+            locate(dataset, data_dir)  # here, once: a missing dataset fails now, a failed download is said once
     log(f"study {study.name}: {counted(len(cells), 'run')} ({counted(len(study.variants), 'variant')} x "
         f"{counted(len(study.seeds), 'seed')}), "
         f"{_epochs_to_train(todo)} to train, then evaluation, {executor.describe()} -> {runs_dir}")
@@ -93,7 +94,8 @@ def _run_study(study: Study, runs_dir: Path, log: Callable[[str], None], executi
     try:
         _run_cells(executor, todo, log)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say what stays, the caller says how to continue
-        log("stopped; kept: " + "; ".join(_kept(c) for c in cells))
+        with contextlib.suppress(UserError):  # a damaged metrics line must not replace the stop
+            log("stopped; kept: " + "; ".join(_kept(c) for c in cells))
         raise
     return runs_dir
 

@@ -151,8 +151,9 @@ def locked(folder: str | Path, create: bool = True) -> Iterator[Path]:
 
 def study_of(folder: Path) -> Path | None:
     """The study folder a run folder belongs to (RUNS_DIR of RUNS_DIR/<variant>/seed-<n>), or None."""
-    parent = Path(folder).absolute().parent.parent
-    return parent if Path(folder).name.startswith("seed-") and (parent / STUDY_FILE).is_file() else None
+    folder = Path(folder).resolve()  # `.`, `seed-0/../seed-0` and links name the same folder
+    parent = folder.parent.parent
+    return parent if folder.name.startswith("seed-") and (parent / STUDY_FILE).is_file() else None
 
 
 def _check_study_free(folder: Path) -> None:

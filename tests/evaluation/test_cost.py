@@ -55,3 +55,13 @@ def test_the_record_keeps_the_newest_kinds_only(cache):
         cost.remember(f"k{i}", float(i))
     kept = json.loads(cache.read_text())
     assert len(kept) == cost.KEPT and "k0" not in kept and kept[f"k{cost.KEPT + 4}"] == cost.KEPT + 4
+
+
+def test_an_unwritable_cache_costs_the_estimate_not_the_evaluation(monkeypatch, tmp_path, capsys):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(blocked))
+    key = cost.kind(small_config(), EvalSettings(), 300, 1000)
+    cost.remember(key, 5.0)  # no error
+    assert "was not kept for later estimates" in capsys.readouterr().err
+    assert cost.estimate([key]) is None

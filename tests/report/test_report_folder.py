@@ -137,6 +137,17 @@ def test_a_stale_build_folder_is_swept(earlier, tiny_run):
     assert not (earlier / STAGING).exists() and not list(earlier.rglob("half.png"))
 
 
+def test_a_build_killed_while_moving_in_is_cleaned_up_by_the_next(earlier, tiny_run):
+    """SIGKILL half-way through the moves: a file it moved in is listed only by the manifest still in
+    its staging folder. The next build removes that file (it draws no such figure), not refuses it."""
+    (earlier / STAGING).mkdir()
+    (earlier / "figures" / "moved.png").write_bytes(b"moved in by the killed build")
+    listed = json.loads((earlier / MANIFEST).read_text())["files"]
+    (earlier / STAGING / MANIFEST).write_text(json.dumps({"files": listed + ["figures/moved.png"]}))
+    build_runs_report([tiny_run], earlier, log=quiet)
+    assert not (earlier / "figures" / "moved.png").exists() and not (earlier / STAGING).exists()
+
+
 def _report_process(run: Path, out: Path) -> subprocess.Popen:
     """`pyro-vae report RUN --out OUT` in a process of its own, once it is drawing figures (the numbers written)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")

@@ -81,7 +81,7 @@ def _study_folder(tmp_path, two_seeds):
     return study
 
 
-def test_a_run_of_a_running_study_is_refused_to_other_processes(tmp_path, two_seeds):
+def test_a_run_of_a_running_study_is_refused_to_other_processes(tmp_path, two_seeds, monkeypatch):
     study = _study_folder(tmp_path, two_seeds)
     run = study / "VAE" / "seed-0"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pyro_vae.training import runs\n"
@@ -90,10 +90,13 @@ def test_a_run_of_a_running_study_is_refused_to_other_processes(tmp_path, two_se
     try:
         assert holder.stdout.readline().strip() == "held"
         before = (run / runs.METRICS).read_bytes()
+        monkeypatch.chdir(run)
         for argv in (["train", "--resume", str(run), "--epochs", "2", "--no-progress"],
+                     ["train", "--resume", ".", "--epochs", "2", "--no-progress"],  # the same folder, named otherwise
+                     ["train", "--resume", f"../../VAE/{run.name}/../{run.name}", "--epochs", "2", "--no-progress"],
                      ["evaluate", str(run), "--num-samples", "2"]):
             with pytest.raises(UserError, match=f"is a run of the study in .*process {holder.pid} is running"):
-                with runs.locked(run):
+                with runs.locked(argv[2] if argv[1] == "--resume" else argv[1]):
                     pass
             assert main(argv) == 2
         assert (run / runs.METRICS).read_bytes() == before and not (run / runs.EVALUATION).exists()
