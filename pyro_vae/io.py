@@ -20,6 +20,11 @@ from typing import Any, BinaryIO, Callable, Iterator
 from pyro_vae.errors import UserError
 
 
+def counted(n: int, word: str) -> str:
+    """'1 seed', '2 seeds': a count in the words of a log line or a report."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def log_to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

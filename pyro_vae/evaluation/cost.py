@@ -16,8 +16,7 @@ from dataclasses import asdict, replace
 
 from pyro_vae.data import cache_subdir
 from pyro_vae.errors import UserError
-from pyro_vae.io import atomic_write_json, read_json
-from pyro_vae.report.tables import counted
+from pyro_vae.io import atomic_write_json, counted, read_json
 
 FILE = "evaluation-times.json"
 KEPT = 200  # kinds remembered (the newest)

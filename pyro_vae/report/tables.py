@@ -15,6 +15,7 @@ from dataclasses import fields
 from typing import Any, Sequence
 
 from pyro_vae.config import TrainConfig
+from pyro_vae.io import counted  # noqa: F401  (the report's modules take it from here)
 from pyro_vae.evaluation.estimators import PARETO_K_LIMIT
 from pyro_vae.evaluation.metrics import (
     GROUPS,
@@ -51,11 +52,6 @@ VARIANT_COLUMNS = CONFIG_COLUMNS + [k for k in CONFIG_EXCLUDED if k.endswith("_o
 
 # ---------------------------------------------------------------------------------------------
 # Formatting numbers
-
-
-def counted(n: int, word: str) -> str:
-    """'1 seed', '2 seeds'."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def fmt(x: Any) -> str:

@@ -19,8 +19,7 @@ from pyro_vae.data import data_key, load_data, locate
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import cost
 from pyro_vae.evaluation.evaluate import Scorer, evaluate_run, read_evaluation
-from pyro_vae.io import atomic_write_json, read_json
-from pyro_vae.report.tables import counted
+from pyro_vae.io import atomic_write_json, counted, read_json
 from pyro_vae.study.cells import evaluation_stale, make_cell
 from pyro_vae.study.executors import Execution, make_executor
 from pyro_vae.study.spec import STUDY_FILE, Study
