@@ -25,6 +25,11 @@ def counted(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def fmt_seconds(seconds: float) -> str:
+    """'42 s', '3.5 min': a duration in a log line."""
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def log_to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

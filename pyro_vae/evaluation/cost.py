@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 
 from pyro_vae.data import cache_subdir
 from pyro_vae.errors import UserError
-from pyro_vae.io import atomic_write_json, counted, read_json
+from pyro_vae.io import atomic_write_json, counted, fmt_seconds, read_json
 
 FILE = "evaluation-times.json"
 KEPT = 200  # kinds remembered (the newest)
@@ -26,7 +26,8 @@ def kind(cfg, settings, test_count: int, train_count: int) -> str:
     """What decides an evaluation's time: the model's shape, the data's size and the settings."""
     what = {"network": cfg.network, "network_options": cfg.network_options, "hidden_dim": cfg.hidden_dim,
             "latent_dim": cfg.latent_dim, "guide": cfg.guide, "prior": cfg.prior, "likelihood": cfg.likelihood,
-            "device": cfg.device, "precision": getattr(cfg, "precision", "float32"), "test": test_count, "train": train_count, "settings": asdict(settings)}
+            "device": cfg.device, "precision": cfg.precision,
+            "test": test_count, "train": train_count, "settings": asdict(settings)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -71,10 +72,6 @@ def estimate(keys: list[str]) -> float | None:
     times = _read()
     known = [times.get(k) for k in keys]
     return None if any(not isinstance(t, (int, float)) for t in known) else float(sum(known))
-
-
-def fmt_seconds(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def announce(names: list[str], keys: list[str], settings) -> str:

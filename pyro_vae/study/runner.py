@@ -19,7 +19,7 @@ from pyro_vae.data import data_key, load_data, locate
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import cost
 from pyro_vae.evaluation.evaluate import Scorer, evaluate_run, read_evaluation
-from pyro_vae.io import atomic_write_json, counted, read_json
+from pyro_vae.io import atomic_write_json, counted, fmt_seconds, read_json
 from pyro_vae.study.cells import evaluation_stale, make_cell
 from pyro_vae.study.executors import Execution, make_executor
 from pyro_vae.study.spec import STUDY_FILE, Study
@@ -45,10 +45,6 @@ def _epochs_to_train(cells: list) -> str:
     """The epochs cells still train: a ceiling where a plateau rule may stop runs sooner."""
     total = sum(c.epochs_left for c in cells)
     return f"at most {total} epochs (runs stop when their bound stops improving)" if any(c.capped for c in cells) else f"{total} epochs"
-
-
-def _fmt_minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def run_study(study: Study, runs_dir: str | Path, progress: bool = True,
@@ -116,9 +112,9 @@ def _run_cells(executor, todo: list, log: Callable[[str], None]) -> None:
         # The rest's time, from the pace so far per unit of work (an epoch, or an evaluation counted as one).
         work_done = sum(c.epochs_left + 1 for c in todo if c.name not in left)
         eta = (time.perf_counter() - started) / work_done * sum(c.epochs_left + 1 for c in left.values())
-        log(f"[{i}/{len(todo)}] {cell.name}: {', '.join(done)} in {_fmt_minutes(result['seconds'])}"
-            + (f" (about {_fmt_minutes(eta)} left)" if left else ""))
-    log(f"training and evaluation done in {_fmt_minutes(time.perf_counter() - started)}")
+        log(f"[{i}/{len(todo)}] {cell.name}: {', '.join(done)} in {fmt_seconds(result['seconds'])}"
+            + (f" (about {fmt_seconds(eta)} left)" if left else ""))
+    log(f"training and evaluation done in {fmt_seconds(time.perf_counter() - started)}")
 
 
 # What a run's data depends on: runs that agree on these are evaluated on one copy of it.
@@ -144,7 +140,7 @@ def evaluate_study(study: Study, runs_dir: Path, log: Callable[[str], None], cel
             loaded[data_id] = (data, Scorer(data, cfg.dataset, log))
         data, scorer = loaded[data_id]
         left = (time.perf_counter() - started) / (i - 1) * (len(stale) - i + 1) if i > 1 else None
-        log(f"evaluating [{i}/{len(stale)}] {variant} seed {seed}" + (f" (about {_fmt_minutes(left)} left)" if left else ""))
+        log(f"evaluating [{i}/{len(stale)}] {variant} seed {seed}" + (f" (about {fmt_seconds(left)} left)" if left else ""))
         result = evaluate_run(run, settings, scorer=scorer, data=data, log=log)
         cost.remember(key, result["eval_seconds"])
 
