@@ -9,7 +9,9 @@ the report folder
     results.csv    one row per run, one column per scalar metric and key config field
     figures/*.png  the figures, variants side by side on shared scales
     report.md      the report, figures linked by relative path
-    report.html    the same report, self-contained (inline CSS, figures as data: URIs)
+    report.html    the same report as a page (inline CSS) linking figures/; self_contained=True embeds
+                   the figures as data: URIs instead, one file to send (committed reports link: each
+                   byte is stored once)
     .report-files.json  the files above: a rebuild replaces these and refuses a folder holding others
 
 The files appear together when all are written (pyro_vae.report.folder), and one build at a time.
@@ -257,31 +259,34 @@ def _figure_runs(study: Study, runs_dir: Path, finished: list[tuple[str, int]]) 
     return chosen
 
 
-def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str], None] = _stderr, quick: bool = False) -> Path:
+def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str], None] = _stderr, quick: bool = False,
+                 self_contained: bool = False) -> Path:
     """Report on a study's finished runs (evaluating what lacks an evaluation, never training); returns
     report.html. Missing or unfinished runs are listed at the top of the report. `quick`: what needs an
-    evaluation gets the quick preset (pyro_vae.evaluation.presets.QUICK), and the report says so."""
+    evaluation gets the quick preset (pyro_vae.evaluation.presets.QUICK), and the report says so.
+    `self_contained`: report.html embeds its figures (one file to send) instead of linking figures/."""
     runs_dir = Path(runs_dir)
     check_report_folder(Path(out_dir))
-    return _build(with_quick(Study.from_runs_dir(runs_dir), quick, runs_dir), runs_dir, Path(out_dir), log)
+    return _build(with_quick(Study.from_runs_dir(runs_dir), quick, runs_dir), runs_dir, Path(out_dir), log, self_contained)
 
 
 def build_runs_report(run_dirs: list[str | Path], out_dir: str | Path, log: Callable[[str], None] = _stderr,
-                      quick: bool = False) -> Path:
+                      quick: bool = False, self_contained: bool = False) -> Path:
     """Report on any run folders side by side, each a variant named after its folder; returns report.html."""
     check_report_folder(Path(out_dir))
-    return _build(with_quick(study_from_runs(run_dirs), quick, Path()), Path(), Path(out_dir), log)
+    return _build(with_quick(study_from_runs(run_dirs), quick, Path()), Path(), Path(out_dir), log, self_contained)
 
 
-def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], None]) -> Path:
+def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], None], self_contained: bool) -> Path:
     with report_folder(out_dir) as folder:  # locked; the report appears in out_dir once every file is written
-        _write_report(study, runs_dir, out_dir, folder, log)
+        _write_report(study, runs_dir, out_dir, folder, log, self_contained)
     html_path = out_dir / "report.html"
     log(f"report written: {html_path} (and report.md, results.json, results.csv, figures/)")
     return html_path
 
 
-def _write_report(study: Study, runs_dir: Path, out_dir: Path, folder: Path, log: Callable[[str], None]) -> None:
+def _write_report(study: Study, runs_dir: Path, out_dir: Path, folder: Path, log: Callable[[str], None],
+                  self_contained: bool) -> None:
     """The report's files into `folder`, whence they move to out_dir."""
     cells = study.cells()
     finished = [c for c in cells if runs.is_complete(study.run_dir(runs_dir, *c))]
@@ -378,4 +383,4 @@ def _write_report(study: Study, runs_dir: Path, out_dir: Path, folder: Path, log
     blocks += all_metrics_tables(variants, values, context)
 
     _write_text(folder / "report.md", render_markdown(blocks))
-    _write_text(folder / "report.html", render_html(blocks, study.title, folder))
+    _write_text(folder / "report.html", render_html(blocks, study.title, folder, self_contained))

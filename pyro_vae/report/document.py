@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
+from urllib.parse import quote
 
 __all__ = ["Heading", "Paragraph", "Bullets", "Cell", "Table", "Figure", "FigureRow", "Block", "Inline",
            "render_markdown", "render_html"]
@@ -195,12 +196,16 @@ def _html_heading(block: Heading) -> str:
     return f"<h{level}>{html.escape(block.text)}</h{level}>"
 
 
-def render_html(blocks: Sequence[Block], title: str, figure_root: Path) -> str:
-    """A self-contained page: inline CSS, figures embedded as base64 data URIs from figure_root."""
+def render_html(blocks: Sequence[Block], title: str, figure_root: Path, self_contained: bool = False) -> str:
+    """The page, with inline CSS. Its figures are linked by their path under figure_root (the PNGs are
+    stored once), or with `self_contained` embedded as base64 data URIs: one file to send."""
 
     def img(f: Figure) -> str:
-        data = base64.b64encode((figure_root / f.path).read_bytes()).decode("ascii")
-        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(f.caption)}">'
+        if self_contained:
+            src = "data:image/png;base64," + base64.b64encode((figure_root / f.path).read_bytes()).decode("ascii")
+        else:
+            src = "/".join(map(quote, Path(f.path).parts))
+        return f'<img src="{html.escape(src)}" alt="{html.escape(f.caption)}">'
 
     def figure_row(block: FigureRow) -> str:
         inner = "".join(f"<div>{img(f)}</div>" for f in block.figures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import matplotlib
@@ -58,6 +59,23 @@ def test_save_figure_writes_valid_png_atomically(tmp_path, codes, labels):
     # overwriting works and still leaves a single file
     plots.save_figure(fig, out, dpi=50)
     assert os.listdir(out.parent) == ["scatter.png"]
+
+
+def test_saved_figures_are_small_and_their_bytes_depend_on_the_figure_only(tmp_path, codes, labels):
+    from PIL import Image
+
+    a = plots.save_figure(plots.code_scatter(codes, labels, CLASSES), tmp_path / "a.png")
+    b = plots.save_figure(plots.code_scatter(codes, labels, CLASSES), tmp_path / "b.png")
+    assert a.read_bytes() == b.read_bytes()  # a rebuild stores nothing new in git
+    image = Image.open(a)
+    assert image.mode == "P" and "Software" not in image.info  # palette, no version stamp
+    raw = io.BytesIO()
+    plots.code_scatter(codes, labels, CLASSES).savefig(raw, format="png", dpi=plots.DEFAULT_DPI, facecolor="white")
+    assert a.stat().st_size < 0.6 * len(raw.getvalue())
+    # The palette keeps what the figure shows: pixels on average within a grey level of the full-colour render.
+    full = np.asarray(Image.open(raw).convert("RGB"), dtype=int)
+    error = np.abs(full - np.asarray(image.convert("RGB"), dtype=int))
+    assert error.mean() < 1 and np.percentile(error, 99) <= 16
 
 
 def test_save_figure_cleans_up_on_failure(tmp_path):

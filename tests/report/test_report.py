@@ -110,20 +110,35 @@ def test_results_csv_has_one_row_per_run_and_metric_columns(built):
         assert (r["test_elbo"] == "") == (r["variant"] == "AE")  # undefined for the delta guide
 
 
-def test_html_is_self_contained_and_embeds_every_figure(built):
+def _page_refs(page: str) -> list[str]:
+    return re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page, flags=re.I)
+
+
+def test_html_links_every_figure_stored_once_in_figures(built):
     _, _, out, _ = built
     page = (out / "report.html").read_text()
     figures = sorted((out / "figures").glob("*.png"))
     assert len(figures) >= 12
-    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page, flags=re.I)
-    # Everything it shows is embedded; its one plain link is to the explorer page beside it (a page to open, not a resource).
+    refs = _page_refs(page)
+    # Every image is a PNG of figures/ (committed once, not again inside the page); the one other link is the explorer.
+    shown = [ref for ref in refs if ref != "explorer.html"]
+    assert sorted(shown) == [f"figures/{png.name}" for png in figures] and refs.count("explorer.html") == 1
+    assert "data:" not in page and (out / "explorer.html").is_file()
+    assert "<link" not in page.lower() and "@import" not in page and "url(" not in page  # the CSS is inline
+    assert page.count("<img ") == len(figures) and len(page.encode()) < 200_000
+    assert "Tiny AE vs VAE &lt;check &amp; escape&gt;" in page and "<check & escape>" not in page
+
+
+def test_self_contained_html_embeds_every_figure(built, tmp_path):
+    _, runs_dir, out, _ = built
+    build_report(runs_dir, tmp_path / "one-file", log=_quiet, self_contained=True)
+    page = (tmp_path / "one-file" / "report.html").read_text()
+    figures = sorted((tmp_path / "one-file" / "figures").glob("*.png"))
+    refs = _page_refs(page)
     assert refs and all(ref.startswith("data:") or ref == "explorer.html" for ref in refs), [r[:40] for r in refs if not r.startswith("data:")]
-    assert refs.count("explorer.html") == 1 and (out / "explorer.html").is_file()
-    assert "<link" not in page.lower() and "@import" not in page and "url(" not in page
     assert page.count("<img ") == len(figures)
     for png in figures:
         assert base64.b64encode(png.read_bytes()).decode() in page, png.name
-    assert "Tiny AE vs VAE &lt;check &amp; escape&gt;" in page and "<check & escape>" not in page
 
 
 def test_markdown_links_every_figure_by_relative_path(built):
@@ -281,10 +296,15 @@ def test_rebuild_does_not_retrain_or_reevaluate(built):
     study, runs_dir, out, _ = built
     checkpoints, evaluations = _mtimes(study, runs_dir, runs.CHECKPOINT), _mtimes(study, runs_dir, runs.EVALUATION)
     messages = []
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     build_report(runs_dir, out, log=messages.append)
     assert _mtimes(study, runs_dir, runs.CHECKPOINT) == checkpoints
     assert _mtimes(study, runs_dir, runs.EVALUATION) == evaluations
     assert any("already evaluated" in m for m in messages)
+    # The same runs give the same bytes: a rebuild of a committed report adds nothing to git.
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert sorted(after) == sorted(before)
+    assert [name for name in before if after[name] != before[name]] == []
 
 
 def test_missing_evaluation_is_recomputed_without_retraining(study_runs, tmp_path):

@@ -7,7 +7,7 @@ from conftest import small_config
 from torch import nn
 
 from pyro_vae.components.networks import NETWORKS, Network, build_network, output_bias
-from pyro_vae.components.schedules import SCHEDULES, burda_epochs
+from pyro_vae.components.schedules import SCHEDULES, budget_stage_lengths, burda_epochs
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_data
 from pyro_vae.errors import UserError
@@ -84,6 +84,22 @@ def test_burda_schedule_is_the_papers():
     assert factor(5000, 3280) == pytest.approx(10 ** (-1))  # past the end: the last rate
     short = SCHEDULES["burda"](stages=8, scale=0.04)
     assert burda_epochs(8, 0.04) == 133 and short(133, 133) == pytest.approx(0.1) and short(46, 133) == pytest.approx(10 ** (-6 / 7))
+
+
+def test_burda_budget_keeps_every_stage_and_adds_up_to_the_budget():
+    assert budget_stage_lengths(8, 100, 8) == [8, 8, 8, 8, 9, 11, 16, 32]  # studies/burda_iwae.toml
+    for stages, epochs, least in ((8, 133, 1), (8, 200, 12), (5, 37, 3), (3, 3, 1)):
+        lengths = budget_stage_lengths(stages, epochs, least)
+        assert sum(lengths) == epochs and min(lengths) >= least and lengths == sorted(lengths)
+    # Beyond the floor, in proportion to Burda's 3^(i-1).
+    assert budget_stage_lengths(8, 3288, 1) == [2, 4, 10, 28, 82, 244, 730, 2188]
+    factor = SCHEDULES["burda"](stages=8, epochs=100, min_epochs=8)
+    assert [factor(e, 100) for e in (1, 8, 9, 33, 42, 68, 69, 100)] == pytest.approx(
+        [1, 1, 10 ** (-1 / 7), 10 ** (-4 / 7), 10 ** (-5 / 7), 10 ** (-6 / 7), 10 ** (-7 / 7), 0.1])
+    with pytest.raises(UserError, match="scale .* or epochs .*not both"):
+        SCHEDULES["burda"](scale=0.04, epochs=100)
+    with pytest.raises(UserError, match="epochs must be a whole number of at least 64"):
+        SCHEDULES["burda"](epochs=50, min_epochs=8)
 
 
 def test_step_and_cosine_schedules():
