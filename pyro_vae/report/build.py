@@ -12,6 +12,9 @@ the report folder
     report.html    the same report as a page (inline CSS) linking figures/; self_contained=True embeds
                    the figures as data: URIs instead, one file to send (committed reports link: each
                    byte is stored once)
+    explorer.html  the code-space explorer of the 2-D variants (pyro_vae.report.explorer), unless
+                   explorer=False: committed reports go without it (its decodes come from the runs'
+                   checkpoints, megabytes at each rebuild) and say how to build it
     .report-files.json  the files above: a rebuild replaces these and refuses a folder holding others
 
 The files appear together when all are written (pyro_vae.report.folder), and one build at a time.
@@ -259,34 +262,50 @@ def _figure_runs(study: Study, runs_dir: Path, finished: list[tuple[str, int]]) 
     return chosen
 
 
+def explorer_paragraph(written: bool) -> Paragraph:
+    """The report's line on explorer.html: its link, or (left out) how to build it from the runs."""
+    if written:
+        return Paragraph([("b", "Explore the code spaces: "), ("link", EXPLORER),
+                          " (hover to see what each variant decodes at a point, click to pin it in all of them)."])
+    return Paragraph([("b", "Explore the code spaces: "), ("code", EXPLORER),
+                      " is not stored with this report (its decodes come from the runs' checkpoints, which are not "
+                      "committed); ", ("code", "pyro-vae report RUNS_DIR --out DIR"),
+                      " builds it beside report.html from the runs (hover to see what each variant decodes at a "
+                      "point, click to pin it in all of them)."])
+
+
 def build_report(runs_dir: str | Path, out_dir: str | Path, log: Callable[[str], None] = _stderr, quick: bool = False,
-                 self_contained: bool = False) -> Path:
+                 self_contained: bool = False, explorer: bool = True) -> Path:
     """Report on a study's finished runs (evaluating what lacks an evaluation, never training); returns
     report.html. Missing or unfinished runs are listed at the top of the report. `quick`: what needs an
     evaluation gets the quick preset (pyro_vae.evaluation.presets.QUICK), and the report says so.
-    `self_contained`: report.html embeds its figures (one file to send) instead of linking figures/."""
+    `self_contained`: report.html embeds its figures (one file to send) instead of linking figures/.
+    `explorer`: False leaves explorer.html out (the page says how to build it), as committed reports do."""
     runs_dir = Path(runs_dir)
     check_report_folder(Path(out_dir))
-    return _build(with_quick(Study.from_runs_dir(runs_dir), quick, runs_dir), runs_dir, Path(out_dir), log, self_contained)
+    return _build(with_quick(Study.from_runs_dir(runs_dir), quick, runs_dir), runs_dir, Path(out_dir), log,
+                  self_contained, explorer)
 
 
 def build_runs_report(run_dirs: list[str | Path], out_dir: str | Path, log: Callable[[str], None] = _stderr,
-                      quick: bool = False, self_contained: bool = False) -> Path:
+                      quick: bool = False, self_contained: bool = False, explorer: bool = True) -> Path:
     """Report on any run folders side by side, each a variant named after its folder; returns report.html."""
     check_report_folder(Path(out_dir))
-    return _build(with_quick(study_from_runs(run_dirs), quick, Path()), Path(), Path(out_dir), log, self_contained)
+    return _build(with_quick(study_from_runs(run_dirs), quick, Path()), Path(), Path(out_dir), log, self_contained,
+                  explorer)
 
 
-def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], None], self_contained: bool) -> Path:
+def _build(study: Study, runs_dir: Path, out_dir: Path, log: Callable[[str], None], self_contained: bool,
+           explorer: bool) -> Path:
     with report_folder(out_dir) as folder:  # locked; the report appears in out_dir once every file is written
-        _write_report(study, runs_dir, out_dir, folder, log, self_contained)
+        _write_report(study, runs_dir, out_dir, folder, log, self_contained, explorer)
     html_path = out_dir / "report.html"
     log(f"report written: {html_path} (and report.md, results.json, results.csv, figures/)")
     return html_path
 
 
 def _write_report(study: Study, runs_dir: Path, out_dir: Path, folder: Path, log: Callable[[str], None],
-                  self_contained: bool) -> None:
+                  self_contained: bool, explorer: bool) -> None:
     """The report's files into `folder`, whence they move to out_dir."""
     cells = study.cells()
     finished = [c for c in cells if runs.is_complete(study.run_dir(runs_dir, *c))]
@@ -328,9 +347,10 @@ def _write_report(study: Study, runs_dir: Path, out_dir: Path, folder: Path, log
     log("report: drawing figures")
     figures = make_figures(_figure_runs(study, runs_dir, finished), folder, results, values,
                            max(sum(fv == v for fv, _ in finished) for v in variants), log)
-    if write_explorer(study, runs_dir, folder, log):
-        figures.setdefault("codes", []).append(Paragraph([("b", "Explore the code spaces: "), ("link", EXPLORER),
-            " (hover to see what each variant decodes at a point, click to pin it in all of them)."]))
+    if explorer and write_explorer(study, runs_dir, folder, log):
+        figures.setdefault("codes", []).append(explorer_paragraph(True))
+    elif not explorer and any(r["config"]["latent_dim"] == 2 for r in results):
+        figures.setdefault("codes", []).append(explorer_paragraph(False))
 
     blocks: list[Block] = [Heading(1, study.title)]
     if missing:

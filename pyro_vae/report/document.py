@@ -191,6 +191,11 @@ def _html_paragraph(block: Paragraph) -> str:
     return f"<p{cls}>{lead}{_html_inline(block.content)}</p>"
 
 
+def paragraph_html(block: Paragraph) -> str:
+    """One paragraph as the page writes it (for tools that rewrite a line of a written report)."""
+    return _html_paragraph(block)
+
+
 def _html_heading(block: Heading) -> str:
     level = min(max(block.level, 1), 6)
     return f"<h{level}>{html.escape(block.text)}</h{level}>"

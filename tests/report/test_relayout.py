@@ -10,7 +10,8 @@ from matplotlib.figure import Figure as MplFigure
 from PIL import Image
 
 from pyro_vae.errors import UserError
-from pyro_vae.report.document import Figure, Heading, render_html
+from pyro_vae.report.build import explorer_paragraph
+from pyro_vae.report.document import Figure, Heading, render_html, render_markdown
 from pyro_vae.report.relayout import main, relayout
 
 
@@ -53,3 +54,17 @@ def test_a_page_embedding_a_foreign_image_is_left_as_it_was(tmp_path):
 def test_not_a_report_folder_is_a_one_line_error(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     assert "holds no report.html" in capsys.readouterr().err
+
+
+def test_a_report_with_its_explorer_loses_it_and_says_how_to_build_it(tmp_path, capsys):
+    blocks = [Heading(1, "with explorer"), explorer_paragraph(True)]
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "report.html").write_text(render_html(blocks, "with explorer", tmp_path))
+    (tmp_path / "report.md").write_text(render_markdown(blocks))
+    (tmp_path / "explorer.html").write_text("<html>decodes</html>")
+    assert relayout(tmp_path) is True
+    expected = [Heading(1, "with explorer"), explorer_paragraph(False)]  # what build_report(..., explorer=False) writes
+    assert (tmp_path / "report.md").read_text() == render_markdown(expected)
+    assert (tmp_path / "report.html").read_text() == render_html(expected, "with explorer", tmp_path)
+    assert not (tmp_path / "explorer.html").exists()
+    assert relayout(tmp_path) is False and main([str(tmp_path)]) == 0 and "already in the layout" in capsys.readouterr().out

@@ -141,6 +141,21 @@ def test_self_contained_html_embeds_every_figure(built, tmp_path):
         assert base64.b64encode(png.read_bytes()).decode() in page, png.name
 
 
+def test_without_the_explorer_the_report_says_how_to_build_it(built, tmp_path):
+    _, runs_dir, out, _ = built
+    build_report(runs_dir, tmp_path / "committed", log=_quiet, explorer=False)
+    folder = tmp_path / "committed"
+    assert not (folder / "explorer.html").exists()
+    for name in ("report.md", "report.html"):
+        text = (folder / name).read_text()
+        assert "explorer.html" in text and "not stored with this report" in text and "pyro-vae report" in text, name
+    assert "explorer.html" not in _page_refs((folder / "report.html").read_text())  # said, not linked
+    assert "](explorer.html)" not in (folder / "report.md").read_text()
+    # Everything else is the report the default build wrote: the same figures, byte for byte.
+    assert {p.name: p.read_bytes() for p in (folder / "figures").glob("*.png")} == \
+           {p.name: p.read_bytes() for p in (out / "figures").glob("*.png")}
+
+
 def test_markdown_links_every_figure_by_relative_path(built):
     _, _, out, _ = built
     text = (out / "report.md").read_text()
