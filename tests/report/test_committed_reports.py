@@ -34,3 +34,11 @@ def test_a_committed_report_rests_on_the_official_split(report):
     assert "](explorer.html)" not in text and 'href="explorer.html"' not in page, report.name
     if any(row["config"]["latent_dim"] == 2 for row in results):  # says how to build it from the runs
         assert "explorer.html` is not stored with this report" in text, report.name
+
+
+def test_a_full_rebuild_of_every_committed_report_adds_at_most_10_mb():
+    """Each file is stored once (report.html links figures/, no explorer.html), so rebuilding every committed
+    report from new runs adds at most what the reports hold on disk to the repository's pack."""
+    root = Path(__file__).resolve().parents[2] / "reports"
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name != "explorer.html")
+    assert total <= 10 * 2**20, f"reports/ holds {total / 2**20:.1f} MiB; a full rebuild would add that much"
