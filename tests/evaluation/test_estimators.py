@@ -140,6 +140,18 @@ def test_importance_weights_are_the_training_objectives_weights():
     assert torch.allclose(lw, want.T, rtol=1e-5, atol=1e-3)
 
 
+def test_a_trace_decoded_in_slices_gives_the_same_weights(trained, monkeypatch):
+    """Many images' particles share one Pyro trace and are decoded a cache-sized slice at a time: the
+    slicing changes no number (same draws, same weights), and the default trace holds many images."""
+    vae, x = trained
+    xs = x[:40]
+    whole = E.log_importance_weights(vae, xs, num_samples=30, batch_size=40, chunk=30, seed=2)
+    monkeypatch.setattr(E, "IS_CHUNK_BYTES", 7 * 784 * 4)  # 7 codes a slice: 1 particle of 40 images
+    sliced = E.log_importance_weights(vae, xs, num_samples=30, batch_size=40, chunk=30, seed=2)
+    assert torch.allclose(whole, sliced, rtol=0, atol=1e-4)
+    assert E._trace_batches(vae, 10_000, 1000, None, None)[0] >= 100  # images per trace at K = 1000, 2-D codes
+
+
 def test_delta_guide_raises():
     x = torch.bernoulli(torch.full((4, 784), 0.2))
     delta = build_vae(TrainConfig(guide="delta"))
