@@ -5,6 +5,10 @@ A decoder maps codes (..., z_dim) to Bernoulli logits (..., 784), keeping any le
 A registered network is a `Network` value (no options) or a factory whose keyword-only arguments are
 its options and which returns one: `mlp` takes `hidden = [200, 200]` (the widths, one per hidden
 layer; default one layer of `hidden_dim`) and `activation = "tanh"` (one of ACTIVATIONS).
+`gated-mlp` has gated hidden units, as Tomczak & Welling's VampPrior code has them (GatedDense):
+each hidden layer is h = (W1 x + b1) * sigmoid(W2 x + b2); it takes `hidden` as `mlp` does,
+`activation` (optional: applied to W1 x + b1 only; default none, the authors' choice) and
+`init = "he"` (weights ~ N(0, 2 / fan_in), as in the authors' code; default: PyTorch's own).
 """
 
 from __future__ import annotations
@@ -85,13 +89,17 @@ def mlp_layers(sizes: list[int], activation: str = "relu") -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def _check_hidden(where: str, hidden) -> None:
+    if hidden is not None and (not isinstance(hidden, list) or not hidden or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in hidden)):
+        raise UserError(f"{where} option hidden must be a list of layer widths such as [200, 200], got {hidden!r}")
+
+
 @NETWORKS.register("mlp")
 def mlp(*, hidden: list[int] | None = None, activation: str = "relu") -> Network:
     """Fully connected encoder and decoder; the decoder mirrors the encoder's hidden widths."""
     where = "network 'mlp'"
-    if hidden is not None and (not isinstance(hidden, list) or not hidden or not all(
-            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in hidden)):
-        raise UserError(f"{where} option hidden must be a list of layer widths such as [200, 200], got {hidden!r}")
+    _check_hidden(where, hidden)
     if not isinstance(activation, str):
         raise UserError(f"{where} option activation must be a name, one of: {', '.join(ACTIVATIONS.names())}")
     ACTIVATIONS.check(activation)
@@ -132,3 +140,54 @@ def conv_decoder(z_dim: int, hidden_dim: int) -> nn.Module:
 
 
 NETWORKS.register("conv")(Network(conv_encoder, conv_decoder))
+
+
+class GatedDense(nn.Module):
+    """A gated hidden layer: (W1 x + b1) * sigmoid(W2 x + b2), with an optional activation on the
+    first factor only. Linear layers and the product broadcast, so leading dims pass through."""
+
+    def __init__(self, in_dim: int, out_dim: int, activation: str | None = None):
+        super().__init__()
+        self.h = nn.Linear(in_dim, out_dim)
+        self.g = nn.Linear(in_dim, out_dim)
+        self.activation = ACTIVATIONS[activation]() if activation is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.h(x)
+        if self.activation is not None:
+            h = self.activation(h)
+        return h * torch.sigmoid(self.g(x))
+
+
+GATED_INITS = ("default", "he")
+
+
+def gated_layers(sizes: list[int], activation: str | None = None, init: str = "default") -> nn.Module:
+    """Gated layers through `sizes[:-1]`, then one plain Linear layer to `sizes[-1]` (the features or logits)."""
+    layers: list[nn.Module] = [GatedDense(a, b, activation) for a, b in zip(sizes[:-2], sizes[1:-1])]
+    body = nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
+    if init == "he":  # the authors' he_init: every Linear weight ~ N(0, 2 / fan_in); biases keep PyTorch's
+        for module in body.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, (2.0 / module.in_features) ** 0.5)
+    return body
+
+
+@NETWORKS.register("gated-mlp")  # after conv: the names list as mlp, conv, gated-mlp
+def gated_mlp(*, hidden: list[int] | None = None, activation: str | None = None, init: str = "default") -> Network:
+    """Fully connected encoder and decoder of gated hidden layers; the decoder mirrors the encoder's widths.
+    Tomczak & Welling's one-layer VAE is hidden = [300, 300], init = "he"."""
+    where = "network 'gated-mlp'"
+    _check_hidden(where, hidden)
+    if activation is not None:
+        if not isinstance(activation, str):
+            raise UserError(f"{where} option activation must be a name, one of: {', '.join(ACTIVATIONS.names())}")
+        ACTIVATIONS.check(activation)
+    if init not in GATED_INITS:
+        raise UserError(f"{where} option init must be one of {', '.join(GATED_INITS)}, got {init!r}")
+
+    def widths(hidden_dim: int) -> list[int]:
+        return list(hidden) if hidden is not None else [hidden_dim]
+
+    return Network(lambda out_dim, hidden_dim: gated_layers([PIXELS, *widths(hidden_dim), out_dim], activation, init),
+                   lambda z_dim, hidden_dim: gated_layers([z_dim, *widths(hidden_dim)[::-1], PIXELS], activation, init))

@@ -99,20 +99,27 @@ class UniformMixture(dist.TorchDistribution):
             return every.gather(-2, which[..., None, None].expand(*which.shape, 1, every.shape[-1])).squeeze(-2)
 
 
+PSEUDO_INPUTS = ("sigmoid", "hardtanh")  # how the VampPrior's pseudo-inputs are parametrised
+
+
 @PRIORS.register("vamp")
 class VampPrior(nn.Module):
     """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), the guide's own posterior at
     K = `components` learnable pseudo-inputs u_k = sigmoid(logits_k) in pixel space.
 
     The pseudo-inputs start as grey noise around the mean MNIST intensity (logits ~ N(-2, 0.5^2)).
+    With `pseudo_inputs = "hardtanh"` they are parametrised as in the authors' code instead:
+    u_k = hardtanh(w_k, 0, 1) with w_k ~ N(0.05, 0.01^2) per pixel (their dynamic-MNIST setting).
     The guide is used, not owned: its encoder is trained through both the guide and this prior,
     and is saved once, under the guide. With the `iaf` guide each prior density needs the flows'
     inverse at every pseudo-input (z_dim sequential passes per step): exact, but slower at large z_dim.
     """
 
-    def __init__(self, z_dim: int, guide: nn.Module | None = None, *, components: int = 50):
+    def __init__(self, z_dim: int, guide: nn.Module | None = None, *, components: int = 50, pseudo_inputs: str = "sigmoid"):
         super().__init__()
         k = int_option("prior 'vamp'", "components", components, 1)
+        if pseudo_inputs not in PSEUDO_INPUTS:
+            raise UserError(f"prior 'vamp' option pseudo_inputs must be one of {', '.join(PSEUDO_INPUTS)}, got {pseudo_inputs!r}")
         if guide is None or getattr(guide, "deterministic", True):
             name = getattr(guide, "registered_name", type(guide).__name__)
             raise UserError(
@@ -120,10 +127,16 @@ class VampPrior(nn.Module):
                 "use guide gaussian, full-rank or iaf, or another prior"
             )
         self._guide = (guide,)  # a reference, not a submodule: its parameters belong to the VAE's guide
-        self.pseudo_logits = nn.Parameter(torch.randn(k, PIXELS) * 0.5 - 2.0)
+        self.parametrisation = pseudo_inputs
+        if pseudo_inputs == "sigmoid":
+            self.pseudo_logits = nn.Parameter(torch.randn(k, PIXELS) * 0.5 - 2.0)
+        else:  # the authors' NonLinear(K, 784, bias=False, Hardtanh(0, 1)) on an identity input, normal_init(0.05, 0.01)
+            self.pseudo_means = nn.Parameter(torch.randn(k, PIXELS) * 0.01 + 0.05)
 
     def pseudo_inputs(self) -> torch.Tensor:
-        return torch.sigmoid(self.pseudo_logits)
+        if self.parametrisation == "sigmoid":
+            return torch.sigmoid(self.pseudo_logits)
+        return nn.functional.hardtanh(self.pseudo_means, 0.0, 1.0)
 
     def forward(self) -> dist.Distribution:
         return UniformMixture(self._guide[0](self.pseudo_inputs()))

@@ -60,6 +60,10 @@ def test_every_shipped_study_reads_and_only_the_ae_vs_vae_ones_state_claims():
             assert "silhouette" not in {t.metric for t in spread.tests}  # separation, not spread
             # One recipe for both sides: every sample-quality test compares the same sampler's images.
             assert all(t.against == "baseline" for t in holes.tests)
+        elif path.stem == "vampprior":  # Tomczak & Welling's ordering, and the VampPrior's active units
+            assert [(c.candidate, c.baseline, c.primary.metric) for c in specs] == [
+                ("VampPrior", "MoG", "log_px_is"), ("MoG", "standard", "log_px_is"), ("VampPrior", "standard", "active_units")]
+            assert all("Tomczak & Welling (2018)" in c.text for c in specs), path.name
         else:
             assert specs == [], path.name
 
