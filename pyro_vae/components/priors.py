@@ -64,9 +64,27 @@ class GaussianMixture(nn.Module):
         self.log_scales = nn.Parameter(torch.zeros(k, z_dim))
 
     def forward(self) -> dist.Distribution:
-        return dist.MixtureSameFamily(
-            dist.Categorical(logits=self.logits), dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
-        )
+        return DiagonalMixture(dist.Categorical(logits=self.logits), dist.Normal(self.locs, self.log_scales.exp()).to_event(1))
+
+
+def _draw_components(components: dist.Distribution, which: torch.Tensor) -> torch.Tensor | None:
+    """One draw of component which[...] each, for diagonal-Normal components (batch (K,), event (D,));
+    None for other families. Draws only the chosen components, not all K for every sample."""
+    if not (isinstance(components, dist.Independent) and isinstance(components.base_dist, torch.distributions.Normal)
+            and components.batch_shape == components.base_dist.loc.shape[:-1] and len(components.batch_shape) == 1):
+        return None
+    base = components.base_dist
+    return torch.normal(base.loc[which], base.scale[which])
+
+
+class DiagonalMixture(dist.MixtureSameFamily):
+    """MixtureSameFamily whose draws pick a component first and draw only from it (torch's draws every
+    component for every sample: 500x the work for a 500-component prior); the same distribution."""
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            drawn = _draw_components(self.component_distribution, self.mixture_distribution.sample(sample_shape))
+            return drawn if drawn is not None else super().sample(sample_shape)
 
 
 class UniformMixture(dist.TorchDistribution):
@@ -94,6 +112,10 @@ class UniformMixture(dist.TorchDistribution):
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
+            if not self.batch_shape:  # the VampPrior's: a chosen component per draw, only it drawn
+                drawn = _draw_components(self.components, torch.randint(self.k, torch.Size(sample_shape)))
+                if drawn is not None:
+                    return drawn
             every = self.components.sample(sample_shape)  # (*sample, *batch, K, D)
             which = torch.randint(self.k, every.shape[:-2], device=every.device)
             return every.gather(-2, which[..., None, None].expand(*which.shape, 1, every.shape[-1])).squeeze(-2)
