@@ -182,6 +182,7 @@ def test_each_dataset_is_labelled_with_its_own_classes(two_datasets):
     page = (out / "explorer.html").read_text()  # one classifier and one set of classes: the first dataset's variants
     data = json.loads(re.search(r'id="explorer-data">(.*?)</script>', page, re.S).group(1))
     assert data["classes"] == [str(i) for i in range(10)] and [v["name"] for v in data["variants"]] == ["digits"]
+    assert {"own", "shared"} <= set(data["variants"][0])  # decodes over its own box and the shared one
 
 
 def test_setup_names_every_dataset_and_its_folder(two_datasets):
