@@ -110,13 +110,6 @@ def _load_plugins(specs: list[str]) -> list[dict]:
     return plugins.load_all(specs)
 
 
-def _toml_bool(values: dict, key: str, source: str) -> bool:
-    value = values.pop(key, False)
-    if not isinstance(value, bool):
-        raise UserError(f"{key} in {source} must be true or false, got {value!r}")
-    return value
-
-
 def _parse_options(items: list[str], flag: str) -> dict:
     import tomllib
 
@@ -134,10 +127,7 @@ def _parse_options(items: list[str], flag: str) -> dict:
 
 @command("train", "train one model into a run folder", _train_arguments)
 def _train(args: argparse.Namespace) -> int:
-    from pyro_vae import plugins
-    from pyro_vae.config import TrainConfig
-    from pyro_vae.io import read_toml
-    from pyro_vae.training.trainer import resume, train
+    from pyro_vae import api
 
     flags, options = {}, {}
     for flag, name, kind, _, _ in train_flags():
@@ -149,20 +139,15 @@ def _train(args: argparse.Namespace) -> int:
         extra = sorted(set(flags) - {"epochs", "device"}) + [k for k, v in options.items() if v] + (["--config"] if args.config else []) + (["--out"] if args.out else [])
         if extra:
             raise UserError(f"--resume takes its settings from the run folder; drop {', '.join(extra)} (only --epochs and --device may change)")
-        resume(args.resume, flags.get("epochs"), progress=not args.no_progress, device=flags.get("device"),
-               tensorboard=args.tensorboard)
+        api._resume_folder(args.resume, flags.get("epochs"), progress=not args.no_progress, device=flags.get("device"),
+                           tensorboard=args.tensorboard)
         return 0
     if not args.out:
         raise UserError("--out RUN_DIR is required (or --resume RUN_DIR)")
-    cfg, toml = TrainConfig(), read_toml(args.config) if args.config else {}
-    plugin_records = args.plugin_records + (_load_plugins(plugins.from_toml(toml, args.config)) if toml else [])
-    tensorboard = args.tensorboard or _toml_bool(toml, "tensorboard", args.config)
-    cfg.update(toml, args.config)
-    cfg.update(flags, "flags")
-    for key, values in options.items():
-        getattr(cfg, key).update(values)
-    with _stdout_for_the_result():
-        run = train(cfg, args.out, force=args.force, progress=not args.no_progress, plugins=plugin_records, tensorboard=tensorboard)
+    with _stdout_for_the_result():  # the folder, not a loaded Run: the command prints it and loads no model
+        run, _ = api._train_folder(args.config, args.out, {**flags, **options}, where="flags", force=args.force,
+                                   progress=not args.no_progress, tensorboard=args.tensorboard,
+                                   plugin_records=args.plugin_records)
     print(run)
     return 0
 
@@ -207,41 +192,23 @@ def _execution_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-run", type=float, help="GPUs (or a share of one) one run asks of Ray, e.g. 0.5 (default: [resources] gpus, else 0)")
 
 
-def _execution(args: argparse.Namespace):
-    from pyro_vae.study.executors import Execution
-    from pyro_vae.study.resources import check_resources
-
-    check_resources({k: v for k, v in (("cpus", args.cpus_per_run), ("gpus", args.gpus_per_run)) if v is not None},
-                    "--cpus-per-run/--gpus-per-run")
-    return Execution(workers=args.workers, threads=args.threads, ray=args.ray, cpus=args.cpus_per_run,
-                     gpus=args.gpus_per_run, progress=not args.no_progress)
-
-
 @command("study", "train, evaluate and report every variant x seed of a study", _study_arguments)
 def _study(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pyro_vae.report.build import build_report, check_report_folder
-    from pyro_vae.training import runs
-    from pyro_vae.study.overrides import parse_seeds, with_overrides, with_quick
-    from pyro_vae.study.runner import Study, run_study
+    from pyro_vae import api
+    from pyro_vae.study.overrides import parse_seeds
 
     settings = _parse_options(args.settings, "--set")
     settings.update({key: value for key, value in (("epochs", args.epochs), ("data_dir", args.data_dir)) if value is not None})
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    study = with_quick(with_overrides(Study.load(args.study), args.study, settings, seeds), args.quick, Path(args.out))
-    if args.report:  # before hours of training
-        check_report_folder(Path(args.report), "--report")
-    study.plugins = [r["plugin"] for r in args.plugin_records] + study.plugins  # runs record both
-    study.tensorboard = study.tensorboard or args.tensorboard
-    if study.tensorboard:
-        from pyro_vae.training.tensorboard import require
-
-        require()  # before the first run trains
+    execution = dict(workers=args.workers, threads=args.threads, ray=args.ray, cpus=args.cpus_per_run, gpus=args.gpus_per_run)
     with _stdout_for_the_result():
-        runs_dir = run_study(study, args.out, progress=not args.no_progress, execution=_execution(args))
-        with runs.locked(runs_dir):  # the report may evaluate runs: no other study or report meanwhile
-            report = build_report(runs_dir, args.report or runs_dir / "report")
+        _, report = api._run_study(args.study, args.out, settings, seeds, quick=args.quick, tensorboard=args.tensorboard,
+                                   progress=not args.no_progress, plugin_records=args.plugin_records, execution=execution,
+                                   resources_flags="--cpus-per-run/--gpus-per-run",
+                                   report=Path(args.report) if args.report else Path(args.out) / "report",
+                                   report_flag="--report" if args.report else None)
     print(report)
     return 0
 
@@ -251,26 +218,19 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
                    help="the folder a study wrote its runs into (e.g. runs/ae_vs_vae), or run folders to compare side "
                         "by side (e.g. runs/ae runs/vae; each is named after its folder)")
     p.add_argument("--out", required=True, metavar="DIR", help="report folder, e.g. runs/ae_vs_vae/report")
+    p.add_argument("--self-contained", action="store_true", help="embed the figures in report.html: one file to send "
+                   "(default: off, report.html links figures/)")
     _quick_argument(p)
 
 
 @command("report", "build a report from finished runs: a study's (unfinished ones listed) or any run folders "
                    "side by side (no retraining)", _report_arguments)
 def _report(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from pyro_vae import api
 
-    from pyro_vae.report.build import build_report, build_runs_report
-    from pyro_vae.study.spec import STUDY_FILE
-    from pyro_vae.training import runs
-
-    if len(args.runs) == 1 and not (Path(args.runs[0]) / STUDY_FILE).exists() and not Path(args.runs[0]).is_dir():
-        raise UserError(f"{args.runs[0]} does not exist; give a study's RUNS_DIR or run folders")
     with _stdout_for_the_result():
-        if len(args.runs) == 1 and (Path(args.runs[0]) / STUDY_FILE).exists():
-            with runs.locked(args.runs[0]):  # it may evaluate runs: no study or other report on the folder meanwhile
-                report = build_report(args.runs[0], args.out, quick=args.quick)
-        else:
-            report = build_runs_report(args.runs, args.out, quick=args.quick)
+        report = api.build_report(args.runs[0] if len(args.runs) == 1 else args.runs, args.out, quick=args.quick,
+                                  self_contained=args.self_contained)
     print(report)
     return 0
 
@@ -296,24 +256,16 @@ def _quick_argument(p: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from pyro_vae.evaluation import cost, presets
-    from pyro_vae.evaluation.evaluate import EvalSettings, evaluate_run
+    from pyro_vae import api
+    from pyro_vae.evaluation import presets
 
     for flag, value in (("--num-samples", args.num_samples), ("--likelihood-images", args.likelihood_images)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     values = {**(presets.quick({}) if args.quick else {}), "seed": args.seed}
     values.update({k: v for k, v in (("num_samples", args.num_samples), ("likelihood_images", args.likelihood_images)) if v is not None})
-    settings = EvalSettings.from_dict(values)
-    keys = []
-
-    def announce(run, settings) -> None:
-        keys.append(cost.kind_of_record(run.config, run.record, settings))
-        print(cost.announce([args.run_dir], keys, settings) + (" (the --quick preset)" if args.quick else ""), file=sys.stderr)
-
     with _stdout_for_the_result():
-        result = evaluate_run(args.run_dir, settings, announce=announce)
-    cost.remember(keys[0], result["eval_seconds"])
+        result = api._evaluate(args.run_dir, values, " (the --quick preset)" if args.quick else "")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

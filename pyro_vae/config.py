@@ -65,6 +65,21 @@ def setting(default: Any, help: str, *, factory: Callable[[], Any] | None = None
 # Help texts may name registries in braces ({guides}); the CLI fills in the registered names.
 @dataclass
 class TrainConfig:
+    """Every setting of one training run: `pyro-vae train`'s flags (`--latent-dim` is `latent_dim`),
+    a TOML file's keys and `pyro_vae.train`'s keywords are its fields.
+
+    Each field has a default; `validate()` checks the values (names against the registries,
+    numbers against their ranges) with one-line `UserError`s, as the command line does. The
+    `*_options` tables are the chosen component's options, e.g. `prior_options={"components": 10}`.
+
+    Example:
+        >>> import pyro_vae as pv
+        >>> cfg = pv.TrainConfig(guide="delta", beta=0.0, epochs=5, latent_dim=2)
+        >>> cfg.update({"lr": 3e-4}).validate().lr
+        0.0003
+        >>> run = pv.train(cfg, out="runs/ae")
+    """
+
     dataset: str = setting("mnist", "dataset: {datasets}")
     data_dir: str | None = setting(None, "folder holding <Name>/raw/*-ubyte[.gz], e.g. ~/data (else $PYRO_VAE_DATA, the cache, a download)")
     guide: str = setting("gaussian", "guide: {guides}")

@@ -21,6 +21,7 @@ LAYERS = [
     {"plots"},
     {"study"},
     {"report"},
+    {"api"},
     {"bench", "cli"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -28,6 +28,7 @@ from pyro_vae import plugins
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data, load_data
 from pyro_vae.errors import UserError
+from pyro_vae.training import inputs
 from pyro_vae.io import atomic_write_bytes, os_fix, read_json, seeded, temporaries
 from pyro_vae.model import VAE, build_vae
 
@@ -312,6 +313,27 @@ def epochs_left(metrics: list[dict], epochs: int) -> int:
 
 @dataclass
 class Run:
+    """A trained run, read back from its folder: the model in eval mode and what the folder records.
+
+    Made by `load_run` (or returned by `pyro_vae.train`). Images given to its methods are torch
+    tensors or numpy arrays of shape (N, 784), (N, 28, 28) or (N, 1, 28, 28), uint8 (0..255) or
+    float in [0, 1]; codes are (N, latent_dim); anything else is a one-line `UserError`. Results
+    are float32 CPU tensors, one row per input.
+
+    Attributes:
+        path: the run folder.
+        config: the run's `TrainConfig` (its device: where this Run was loaded).
+        record: the whole config.json (data provenance with file hashes, versions, plugins).
+        vae: the model (`pyro_vae.model.VAE`), a Pyro model/guide pair of torch modules.
+        epoch: the epochs its checkpoint holds.
+
+    Example:
+        >>> run = pyro_vae.load_run("runs/vae")
+        >>> mean, scale = run.encode(run.data().test_x[:8])
+        >>> run.decode(mean).shape
+        torch.Size([8, 784])
+    """
+
     path: Path
     config: TrainConfig
     record: dict
@@ -320,38 +342,139 @@ class Run:
 
     @property
     def device(self) -> torch.device:
+        """Where the model's weights are (the `device` it was loaded onto)."""
         return next(self.vae.parameters()).device
 
-    def encode(self, x: torch.Tensor, batch_size: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [self.vae.encode(x[i : i + batch_size].to(self.device)) for i in range(0, len(x), batch_size)]
+    @torch.no_grad()
+    def encode(self, x, batch_size: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior q(z | x) of each image: its mean and scale (a delta guide's scale is 0).
+
+        Args:
+            x: images, torch or numpy, (N, 784), (N, 28, 28) or (N, 1, 28, 28); uint8 (0..255) or
+                float in [0, 1].
+            batch_size: images per forward pass.
+
+        Returns:
+            (mean, scale), two (N, latent_dim) tensors.
+
+        Example:
+            >>> mean, scale = run.encode(run.data().test_x[:100])
+            >>> mean.shape, scale.shape
+            (torch.Size([100, 2]), torch.Size([100, 2]))
+        """
+        x = inputs.images(x, "encode: images")
+        if not len(x):
+            empty = torch.empty(0, self.config.latent_dim)
+            return empty, empty.clone()
+        parts = self._batches(self.vae.encode, x, batch_size)
         return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
 
     @torch.no_grad()
-    def sample_posterior(self, x: torch.Tensor, seed: int = 0, batch_size: int = 2000) -> torch.Tensor:
+    def sample_posterior(self, x, seed: int = 0, batch_size: int = 2000) -> torch.Tensor:
         """One draw of q(z | x) per image, seeded (a delta guide's draw is its code): together, draws of
-        the aggregate posterior q(z), the codes the decoder was trained on."""
-        with seeded(seed, self.device):
-            return torch.cat([self.vae.encoder_guide(x[i : i + batch_size].to(self.device)).sample()
-                              for i in range(0, len(x), batch_size)]).cpu()
+        the aggregate posterior q(z), the codes the decoder was trained on.
 
-    def decode(self, z: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-        return torch.cat([self.vae.decode(z[i : i + batch_size].to(self.device)) for i in range(0, len(z), batch_size)]).cpu()
+        Args:
+            x: images, as `encode` takes them.
+            seed: seed of the draws (torch's own random stream is left as it was).
+            batch_size: images per forward pass.
+
+        Returns:
+            The codes drawn, (N, latent_dim).
+        """
+        x = inputs.images(x, "sample_posterior: images")
+        seed = inputs.seed(seed, "sample_posterior: seed")
+        if not len(x):
+            return torch.empty(0, self.config.latent_dim)
+        with seeded(seed, self.device):
+            return torch.cat(self._batches(lambda b: self.vae.encoder_guide(b).sample(), x, batch_size)).cpu()
+
+    @torch.no_grad()
+    def decode(self, z, batch_size: int = 2000) -> torch.Tensor:
+        """The mean image of p(x | z) for each code (Bernoulli means: pixel probabilities).
+
+        Args:
+            z: codes, torch or numpy, (N, latent_dim), float or integer.
+            batch_size: codes per forward pass.
+
+        Returns:
+            The images, (N, 784), in [0, 1].
+
+        Example:
+            >>> run.decode(torch.zeros(1, run.config.latent_dim)).shape
+            torch.Size([1, 784])
+        """
+        z = inputs.codes(z, self.config.latent_dim, "decode: z")
+        if not len(z):
+            return torch.empty(0, inputs.PIXELS)
+        return torch.cat(self._batches(self.vae.decode, z, batch_size)).cpu()
+
+    def _batches(self, fn, x: torch.Tensor, batch_size: int) -> list:
+        batch_size = inputs.count(batch_size, "batch_size", 1)
+        return [fn(x[i : i + batch_size].to(self.device)) for i in range(0, len(x), batch_size)]
 
     def sample_codes(self, n: int, seed: int = 0) -> torch.Tensor:
-        with seeded(seed):
+        """`n` draws from the run's prior p(z), (n, latent_dim), seeded (torch's own stream is left as it was)."""
+        n = inputs.count(n, "sample: n")
+        with seeded(inputs.seed(seed, "sample: seed")):
             return self.vae.sample_prior(n).cpu()
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """`n` new images: the decodes of `n` draws from the prior (`decode(sample_codes(n, seed))`).
+
+        Args:
+            n: how many images.
+            seed: seed of the draws.
+
+        Returns:
+            The images, (n, 784), in [0, 1].
+
+        Example:
+            >>> run.sample(64, seed=0).reshape(64, 28, 28).shape
+            torch.Size([64, 28, 28])
+        """
         return self.decode(self.sample_codes(n, seed))
 
     def metrics(self) -> list[dict]:
+        """The lines of metrics.jsonl, one dict per epoch trained (epoch, train_elbo, test_elbo, ...).
+
+        Example:
+            >>> run.metrics()[-1]["test_elbo"]  # the last epoch's bound per test image, in nats
+            -170.3
+        """
         return read_metrics(self.path)
 
     def data(self) -> Data:
+        """The data the run was trained on, split and limited as its config says (the same images,
+        in the same order).
+
+        Returns:
+            A `pyro_vae.data.Data`: train_x, test_x (float (N, 784) in [0, 1]), train_y, test_y
+            (labels), class_names, provenance.
+
+        Example:
+            >>> data = run.data(); data.train_x.shape
+        """
         return load_data(self.config)
 
 
 def load_run(path: str | Path, device: str = "cpu") -> Run:
+    """Open a trained run folder: its config, its checkpoint's model (in eval mode), its records.
+
+    The plugins the run was trained with are imported again (a missing or changed one is refused).
+
+    Args:
+        path: the run folder, e.g. "runs/vae" (one that has finished at least one epoch).
+        device: where to put the model: "cpu" or "cuda".
+
+    Returns:
+        The `Run`.
+
+    Example:
+        >>> run = load_run("runs/vae")
+        >>> run.epoch, run.config.guide
+        (5, 'gaussian')
+    """
     path = Path(path)
     cfg, record = read_config(path)
     cfg.device = device
