@@ -232,17 +232,24 @@ def evaluate(run: "str | Path | Run", *, quick: bool = False, seed: int = 0, num
         >>> round(metrics["test_elbo"], 1)
         -165.2
     """
-    from pyro_vae.evaluation import presets
     from pyro_vae.evaluation.evaluate import EvalSettings
 
     quick = _flag(quick, "quick")
     _check_names(settings, [f for f in EvalSettings.__dataclass_fields__ if f not in ("seed", "num_samples",
                                                                                         "likelihood_images")],
                  "evaluate's keywords", "evaluation setting")
-    values = {**(presets.quick({}) if quick else {}), "seed": seed}
-    values.update({k: v for k, v in (("num_samples", num_samples), ("likelihood_images", likelihood_images)) if v is not None})
+    values = _eval_values(quick, seed, num_samples, likelihood_images)
     values.update(settings)
     return _evaluate(_folder(run, "run", "runs/vae"), values, " (the quick preset)" if quick else "")
+
+
+def _eval_values(quick: bool, seed: int, num_samples: int | None, likelihood_images: int | None) -> dict:
+    """EvalSettings values: the quick preset (or none), the seed, K and the image count where given."""
+    from pyro_vae.evaluation import presets
+
+    values = {**(presets.quick({}) if quick else {}), "seed": seed}
+    values.update({k: v for k, v in (("num_samples", num_samples), ("likelihood_images", likelihood_images)) if v is not None})
+    return values
 
 
 def _evaluate(run_dir: Path, values: dict, note: str = "") -> dict:

@@ -257,13 +257,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
 
     from pyro_vae import api
-    from pyro_vae.evaluation import presets
 
     for flag, value in (("--num-samples", args.num_samples), ("--likelihood-images", args.likelihood_images)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    values = {**(presets.quick({}) if args.quick else {}), "seed": args.seed}
-    values.update({k: v for k, v in (("num_samples", args.num_samples), ("likelihood_images", args.likelihood_images)) if v is not None})
+    values = api._eval_values(args.quick, args.seed, args.num_samples, args.likelihood_images)
     with _stdout_for_the_result():
         result = api._evaluate(args.run_dir, values, " (the --quick preset)" if args.quick else "")
     if args.json:
