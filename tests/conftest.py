@@ -25,7 +25,7 @@ NEEDS_FULL_DATA = ("needs the complete MNIST and Fashion-MNIST: set PYRO_VAE_DAT
 def _full_data_root() -> Path | None:
     """The complete data: $PYRO_VAE_DATA (which must hold it when set) or ../shared/data where present."""
     configured = os.environ.get("PYRO_VAE_DATA")
-    root = Path(configured) if configured else REPO.parent / "shared" / "data"
+    root = Path(configured).resolve() if configured else REPO.parent / "shared" / "data"  # absolute: tests run code elsewhere
     missing = [name for name in FULL_FILES if not (root / name).is_file()]
     if configured and missing:
         pytest.exit(f"PYRO_VAE_DATA={configured} lacks {missing[0]}; point it at the folder holding MNIST/raw and "
