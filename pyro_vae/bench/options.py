@@ -90,6 +90,14 @@ class Options:
                                        "(default: mnist,fashion-mnist)", type=_names)
     peers: bool = _option(False, "also time Pyro's VAE example loop and pythae's trainer (when installed) on the same "
                           "data and network, and compare test ELBOs", action="store_true")
+    book: bool = _option(False, "also time the Generative Deep Learning book's VAE (conv network, grey MNIST, 1000 x MSE + KL, "
+                         "batch 32) in pyro-vae, a plain-PyTorch loop and the book's Keras code (pip install \"pyro-vae[keras]\"), "
+                         "on --conv-images images", action="store_true")
+    book_threads: list[int] = _option([1, 2], "torch and TensorFlow threads of the --book item, comma-separated, e.g. 2 "
+                                      "(default: 1,2)", type=_ints)
+    book_precisions: list[str] | None = _option(None, "precisions of pyro-vae in the --book item, e.g. float32,bf16 (default: "
+                                                "float32, and bf16 where there are bfloat16 units: CUDA, AMX or AVX-512 BF16)",
+                                                type=_names)
     quick: bool = _option(False, "small sizes for a smoke test: 2000 images, 2 repeats, 200 test images, K=100", action="store_true")
     json: str | None = _option(None, "also write every number as JSON to FILE, e.g. bench.json (default: none)", metavar="FILE")
     quiet: bool = _option(False, "no progress lines on stderr", action="store_true")
@@ -116,6 +124,14 @@ class Options:
         for name in ("threads", "train_images", "conv_images"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.book_threads or any(t < 1 for t in self.book_threads):
+            raise UserError(f"--book-threads must be whole numbers of at least 1, got {self.book_threads}")
+        from pyro_vae.config import PRECISIONS
+
+        unknown = [p for p in self.book_precisions or [] if p not in PRECISIONS]
+        if unknown or self.book_precisions == []:
+            raise UserError(f"unknown precision(s) {', '.join(map(repr, unknown)) or 'none given'} for --book-precisions; "
+                            f"choose from: {', '.join(PRECISIONS)}")
         if self.twin and (not self.twin_seeds or not self.twin_datasets):
             raise UserError("--twin needs at least one seed (--twin-seeds) and one dataset (--twin-datasets)")
         from pyro_vae.data import DATASETS

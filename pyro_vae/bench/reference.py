@@ -10,11 +10,23 @@ import torch.nn.functional as F
 
 from pyro_vae.bench.batching import batches
 from pyro_vae.components.guides import MIN_SCALE
+from pyro_vae.components.likelihoods import normal_log_constant, normal_scale
 from pyro_vae.components.networks import build_network
 from pyro_vae.training.batches import EpochInputs
 from pyro_vae.training.trainer import build_optimizer
 
 KINDS = ("mc", "analytic", "ae")
+
+
+def reconstruction_term(likelihood: str, options: dict):
+    """-log p(x | z) summed over the batch, from the decoder's logits, written out in plain PyTorch."""
+    if likelihood == "bernoulli":
+        return lambda logits, x: F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    if likelihood == "normal":
+        sd = normal_scale(**options)
+        constant, weight = normal_log_constant(sd), 0.5 / sd**2
+        return lambda logits, x: weight * (x - torch.sigmoid(logits)).pow(2).sum() + constant * x.shape[0]
+    raise ValueError(f"the plain-PyTorch reference has no {likelihood!r} likelihood (bernoulli, normal)")
 
 
 class Reference:
@@ -30,6 +42,9 @@ class Reference:
     - analytic: BCE-with-logits sum + sum(KL(N(mu, sigma^2) || N(0, 1))): TraceMeanField_ELBO's.
     - ae:       BCE-with-logits sum: the delta guide with beta = 0.
 
+    The reconstruction term is the BCE-with-logits sum for the bernoulli likelihood, and for the normal
+    likelihood (the book's squared error) sum (x - sigmoid(logits))^2 / (2 scale^2) + 784 log(scale sqrt(2 pi)).
+
     eps is drawn the way Pyro's Normal.rsample draws it, so with the same RNG state both compute the
     same number.
     """
@@ -38,6 +53,7 @@ class Reference:
         if kind not in KINDS:
             raise ValueError(f"unknown reference kind {kind!r}")
         self.kind, self.z_dim = kind, cfg.latent_dim
+        self.reconstruction = reconstruction_term(cfg.likelihood, cfg.likelihood_options)
         self.batch_size, self.seed = cfg.batch_size, cfg.seed
         network = build_network(cfg.network, cfg.network_options)
         pyro.set_rng_seed(cfg.seed)
@@ -54,11 +70,11 @@ class Reference:
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "ae":
-            return F.binary_cross_entropy_with_logits(self.decoder(self.encoder(x)), x, reduction="sum")
+            return self.reconstruction(self.decoder(self.encoder(x)), x)
         loc, scale = self.encode(x)
         eps = torch.empty_like(loc).normal_()  # as torch.distributions.Normal.rsample draws it
         z = loc + scale * eps
-        reconstruction = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
+        reconstruction = self.reconstruction(self.decoder(z), x)
         if self.kind == "mc":
             latent = (0.5 * z * z - scale.log() - 0.5 * eps * eps).sum()
         else:

@@ -55,7 +55,7 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
         log = (lambda m: None) if opts.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    report: dict = {"meta": _meta(opts), "startup": None, "train": {}, "batching": None, "peers": None, "twin": None,
+    report: dict = {"meta": _meta(opts), "startup": None, "train": {}, "batching": None, "peers": None, "book": None, "twin": None,
                     "eval": None, "study": None}
     started = time.perf_counter()
     report["startup"] = bench_startup(opts.repeats, log)
@@ -71,6 +71,10 @@ def run_bench(opts: Options, log: Callable[[str], None] | None = None) -> dict:
             from pyro_vae.bench.peers import bench_peers
 
             report["peers"] = bench_peers(opts, data, log)
+    if opts.book:
+        from pyro_vae.bench.book import bench_book
+
+        report["book"] = bench_book(opts, log)
     if opts.eval:
         vae, test_obs, source = eval_model(opts, trainer, log)
         report["eval"] = bench_eval(opts, vae, test_obs, source, log)

@@ -72,6 +72,24 @@ def table_rows(report: dict) -> list[dict]:
                 f"test ELBO {s['test_elbo']:.2f} after {peers['epochs']} epochs; {s['note']}")
         for name, why in peers["skipped"].items():
             row(f"peer {name}", note=f"skipped: {why}")
+    book = report.get("book")
+    if book:
+        for threads, setting in book["threads"].items():
+            for name, side in setting["sides"].items():
+                over = side.get("over keras")
+                pairs = side.get("over keras pairs")
+                is_best = name == setting["best"] and over is not None
+                row(f"book {threads} thr: {name} epoch", _fmt_s(side["epoch"]["median"]), _spread(side["epoch"]),
+                    "-" if over is None else f"{over:.2f}x keras", f"<= {book['target']:g}x keras" if is_best else "-",
+                    setting["met"] if is_best else None,
+                    f"{book['images']} img, {side['images_per_second']:,.0f} img/s"
+                    + (f", {side['over plain PyTorch']:.2f}x plain PyTorch" if "over plain PyTorch" in side else "")
+                    + (f"; per-repeat {pairs['min']:.2f}-{pairs['max']:.2f}x keras" if pairs else "") + f"; {side['note']}")
+        if book["keras_skipped"]:
+            row("book: keras", note=f"skipped: {book['keras_skipped']}")
+        if "bf16" not in book["precisions"]:
+            row("book: pyro-vae bf16", note="not timed: no bfloat16 units here (CUDA, AMX or AVX-512 BF16); "
+                "--book-precisions float32,bf16 times it anyway")
     twin = report.get("twin")
     if twin:
         for dataset, s in twin["summary"].items():
