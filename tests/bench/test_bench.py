@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from conftest import SLICE_DATASET
+from loss_check import assert_reference_matches
 
 from pyro_vae.bench.options import DEFAULT_VARIANTS, Options, add_arguments
 from pyro_vae.bench.study import bench_study, summarise_modes
@@ -126,21 +127,8 @@ def test_reference_computes_the_projects_loss_and_gradients(images, name):
     """Same weights, same batch, same noise: the plain-PyTorch loss is the project's loss."""
     count = 128 if name == "conv" else 600
     trainer, reference = build_pair(small_options(dataset=SLICE_DATASET), name, images, count, quiet)
-    project_modules = [trainer.vae.encoder_guide.encoder, trainer.vae.decoder]
-    for mine, theirs in zip(project_modules, [reference.encoder, reference.decoder]):
-        for (key, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items()):
-            assert torch.equal(a, b), key
     x = trainer.binarization.train(trainer.train_x[:64], 0, 1)
-    for step in range(2):  # the first call compiles (project) - the second runs the compiled graph
-        torch.manual_seed(step)
-        project = trainer.loss(x)
-        project_grads = torch.autograd.grad(project, [p for m in project_modules for p in m.parameters()])
-        torch.manual_seed(step)
-        plain = reference.loss(x)
-        plain_grads = torch.autograd.grad(plain, [p for m in (reference.encoder, reference.decoder) for p in m.parameters()])
-        assert float(project.detach()) == pytest.approx(float(plain.detach()), rel=1e-6), name
-        for g, h in zip(project_grads, plain_grads):
-            assert torch.allclose(g, h, rtol=1e-3, atol=1e-4 * float(h.abs().max())), name
+    assert_reference_matches(trainer, reference, x, what=name)
     assert trainer.jit_active == (name != "meanfield")
 
 

@@ -5,7 +5,7 @@ book's Normal likelihood (so the comparison is fair), that the item runs and rep
 the Keras peer, where installed, really trains (its loss falls)."""
 
 import pytest
-import torch
+from loss_check import assert_reference_matches
 
 from pyro_vae.bench.book import BOOK, KERAS_EXTRA, bench_book, book_config, keras_missing
 from pyro_vae.bench.options import Options
@@ -33,18 +33,7 @@ def test_plain_loop_computes_the_projects_book_loss(tmp_path):
     reference = Reference(cfg, "mc", trainer.device)
     x = data.train_x[:32]
     assert 0 < float(x[(x > 0) & (x < 1)].numel())  # grey values, not binarised
-    mine = [trainer.vae.encoder_guide.encoder, trainer.vae.decoder]
-    for step in range(2):
-        torch.manual_seed(step)
-        project = trainer.loss(x)
-        grads = torch.autograd.grad(project, [p for m in mine for p in m.parameters()])
-        torch.manual_seed(step)
-        plain = reference.loss(x)
-        plain_grads = torch.autograd.grad(plain, [p for m in (reference.encoder, reference.decoder) for p in m.parameters()])
-        assert float(project.detach()) == pytest.approx(float(plain.detach()), rel=1e-5)
-        for g, h in zip(grads, plain_grads):
-            assert torch.allclose(g, h, rtol=1e-3, atol=1e-4 * float(h.abs().max()))
-
+    assert_reference_matches(trainer, reference, x, rel=1e-5, what="book")
 
 def test_book_item_times_every_side_and_tabulates_them():
     result = bench_book(options(), lambda m: None)
