@@ -11,6 +11,8 @@ comes from its own seeded stream, so a run's numbers are the same with and witho
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import torch
@@ -25,14 +27,20 @@ SHOWN = 8  # reconstructions shown (and 8 x 8 prior draws)
 _STREAM = 104729  # the terms' and draws' own seed offset
 
 
-def require() -> None:
-    """A one-line error, before anything is trained, when the optional extra is missing."""
+def require():
+    """torch's SummaryWriter class, or a one-line error, before anything is trained, when the optional
+    extra is missing. The writer runs on TensorBoard's own TensorFlow stub: by default TensorBoard imports
+    a TensorFlow it finds installed (pyro-vae[keras] installs one), and TensorFlow loaded into a torch
+    training process crashes it (a segmentation fault in the first epoch here). TensorBoard's switch for
+    that is a module named tensorboard.compat.notf; registering it changes nothing else in the process."""
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     try:
         import tensorboard  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("--tensorboard needs the tensorboard package: pip install 'pyro-vae[tensorboard]' "
                         "(or pip install tensorboard)") from None
+    return SummaryWriter
 
 
 @torch.no_grad()
@@ -62,9 +70,7 @@ class EpochBoard:
     """One run's event writer; `epoch(trainer, line)` is called after each epoch's checkpoint."""
 
     def __init__(self, run: Path, train_x: torch.Tensor, test_obs: torch.Tensor, binarization, seed: int, first_epoch: int):
-        require()
-        from torch.utils.tensorboard import SummaryWriter
-
+        SummaryWriter = require()
         # purge_step drops events of epochs after the checkpoint (a crash between the two on resume)
         self.writer = SummaryWriter(str(Path(run) / FOLDER), purge_step=first_epoch + 1)
         self.seed = seed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def events(run: Path):
+    from pyro_vae.training.tensorboard import require
+
+    require()  # the reader too, on TensorBoard's TensorFlow stub
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
@@ -75,3 +79,18 @@ def test_without_tensorboard_the_flag_is_a_one_line_error(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "--tensorboard needs the tensorboard package: pip install 'pyro-vae[tensorboard]'" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="checks a TensorFlow install (pyro-vae[keras])")
+def test_tensorboard_logging_keeps_an_installed_tensorflow_out_of_the_training_process(tmp_path):
+    pytest.importorskip("tensorboard", reason="needs the tensorboard extra: pip install -e '.[tensorboard]'")
+    # TensorBoard imports a TensorFlow it finds, and TensorFlow inside a torch training process crashed it
+    # (a segmentation fault in the first epoch of examples/plugins/study.toml)
+    code = ("import sys; from pyro_vae.cli import main; "
+            f"code = main(['train', '--epochs', '1', '--tensorboard', '--out', {str(tmp_path / 'r')!r}, *{SMALL!r}]); "
+            "print('tensorflow loaded:', 'tensorflow' in sys.modules); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tensorflow loaded: False" in done.stdout
+    assert any((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
