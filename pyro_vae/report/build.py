@@ -33,7 +33,6 @@ from typing import Callable
 
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.evaluate import EVALUATION_ARRAYS, evaluate_run
-from pyro_vae.evaluation.metrics import flat_metrics, requirements_met
 from pyro_vae.io import atomic_write_bytes
 from pyro_vae.report.convergence import convergence_blocks
 from pyro_vae.report.document import (
@@ -65,7 +64,8 @@ from pyro_vae.report.tables import (
     ordered_metrics,
     result_row,
 )
-from pyro_vae.report.verdicts import claim_blocks, glance_blocks
+from pyro_vae.report.related import related_blocks
+from pyro_vae.report.verdicts import claim_blocks, claim_inputs, glance_blocks
 from pyro_vae.study.claims import judge_claims
 from pyro_vae.evaluation.presets import QUICK
 from pyro_vae.study.folders import RunFolders, study_from_runs
@@ -139,7 +139,7 @@ def _setup_blocks(study: Study, results: list[dict], values: dict, variants: lis
         [f"Binarisation: {cfg['binarize']} "
          + {"dynamic": "(a fresh Bernoulli draw of every training image each epoch; one fixed draw of the test images)",
             "fixed": "(one seeded Bernoulli draw of the training images; one fixed draw of the test images)",
-            "none": "(grey values used as Bernoulli means)"}.get(cfg["binarize"], "") + "."],
+            "none": f"(the grey values in [0, 1] as they are, scored by the {cfg['likelihood']} likelihood)"}.get(cfg["binarize"], "") + "."],
         [f"Network: {cfg['network']} encoder/decoder, "
          + (f"options {fmt_value(cfg['network_options'])}" if cfg.get("network_options") else f"hidden width {cfg['hidden_dim']}")
          + (f", decoder output bias from the training mean" if cfg.get("output_bias") == "data-mean" else "")
@@ -326,23 +326,10 @@ def _write_report(study: Study, runs_dir: Path, out_dir: Path, folder: Path, log
 
     results = [result_row(r) for r in rows]
     variants = [v for v in study.variants if any(fv == v for fv, _ in finished)]
-    values: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
-    seeded: dict[str, dict[str, dict[int, float]]] = {v: {} for v in variants}  # what the claims pair by seed
-    for r in results:
-        for m, x in flat_metrics(r).items():
-            values[r["variant"]].setdefault(m, []).append(x)
-            seeded[r["variant"]].setdefault(m, {})[r["seed"]] = x
+    values, seeded, context = claim_inputs(results)  # seeded: what the claims pair by seed
     metric_names = [m for _, ms in ordered_metrics([m for v in variants for m in values[v]]) for m in ms]
     _write_text(folder / "results.json", json.dumps(json_safe(results), indent=2) + "\n")
     _write_text(folder / "results.csv", csv_text(results, metric_names))
-
-    from pyro_vae.data import DATASETS
-
-    context = {v: {"n_classes": len(DATASETS[next(r["config"]["dataset"] for r in results if r["variant"] == v)].class_names),
-                   "n_codes": next(r["data"].get("test_count") for r in results if r["variant"] == v),
-                   "latent_dim": next(r["config"]["latent_dim"] for r in results if r["variant"] == v),
-                   "met": set.intersection(*(requirements_met(r["config"], r["evaluation"])
-                                             for r in results if r["variant"] == v))} for v in variants}
 
     log("report: drawing figures")
     figures = make_figures(_figure_runs(study, runs_dir, finished), folder, results, values,
@@ -375,6 +362,7 @@ def _write_report(study: Study, runs_dir: Path, out_dir: Path, folder: Path, log
                                 + ", so no claim is judged; the tables and figures below compare all variants.", "note"))
     blocks += _setup_blocks(study, results, values, variants)
     blocks += published_blocks(study.published, values, results)
+    blocks += related_blocks(study.related, claims, values)
 
     blocks.append(Heading(2, "All variants compared"))
     table, warnings = comparison_table(variants, values, context)

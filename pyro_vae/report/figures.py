@@ -103,12 +103,18 @@ def _manifold(d: _Inputs) -> list[tuple[str, Draw]]:
         "percentile range of the codes for deterministic ones (tick labels give the code values)."))] if shown else []
 
 
+# What the top row of the reconstructions shows, by the runs' binarisation.
+_SEEN = {"dynamic": "binarised test images (one fixed draw)", "fixed": "binarised test images (one fixed draw)",
+         "none": "the grey test images, as the models see them"}
+
+
 def _reconstructions(d: _Inputs) -> list[tuple[str, Draw]]:
     originals = d.arrays[d.variants[0]]["originals"]
     same = all(np.array_equal(d.arrays[v]["originals"], originals) for v in d.variants)
     return [("reconstructions", lambda: (plots.reconstructions(
         originals, d.each("reconstructions"), title=f"Reconstructions of the same test images, seed {d.seed}"),
-        "Top row: binarised test images; below: each variant's reconstruction (Bernoulli means) of them."
+        f"Top row: {_SEEN.get(d.configs[d.variants[0]]['binarize'], 'the test images as the models see them')}; below: each variant's reconstruction of them "
+        "(the mean image of p(x | z) at the posterior mean)."
         + ("" if same else " Note: the variants binarise the test images differently; the top row is the first variant's.")))]
 
 

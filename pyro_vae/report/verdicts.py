@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from itertools import groupby
 
-from pyro_vae.evaluation.metrics import metric
+from pyro_vae.evaluation.metrics import flat_metrics, metric, requirements_met
 from pyro_vae.report.document import (
     Block,
     Bullets,
@@ -23,7 +23,28 @@ from pyro_vae.report.tables import DASH, counted, fmt_pm, fmt_signed
 from pyro_vae.study.claims import CLAIM_RULE, Claim, Row
 from pyro_vae.study.statistics import FAILS, HOLDS, INCONCLUSIVE, NOT_JUDGED
 
-__all__ = ["glance_blocks", "claim_blocks", "fmt_p", "primary_text"]
+__all__ = ["glance_blocks", "claim_blocks", "claim_inputs", "fmt_p", "primary_text", "interval_text"]
+
+
+def claim_inputs(results: list[dict]) -> tuple[dict, dict, dict]:
+    """From results.json rows: every metric's values per variant, the same keyed by seed (what the
+    claims pair), and each variant's context (classes, test codes, latent size, requirements met)."""
+    from pyro_vae.data import DATASETS
+
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    values: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
+    seeded: dict[str, dict[str, dict[int, float]]] = {v: {} for v in variants}
+    for r in results:
+        for m, x in flat_metrics(r).items():
+            values[r["variant"]].setdefault(m, []).append(x)
+            seeded[r["variant"]].setdefault(m, {})[r["seed"]] = x
+    context = {}
+    for v in variants:
+        own = [r for r in results if r["variant"] == v]
+        context[v] = {"n_classes": len(DATASETS[own[0]["config"]["dataset"]].class_names),
+                      "n_codes": own[0]["data"].get("test_count"), "latent_dim": own[0]["config"]["latent_dim"],
+                      "met": set.intersection(*(requirements_met(r["config"], r["evaluation"]) for r in own))}
+    return values, seeded, context
 
 
 def fmt_p(p: float) -> str:
@@ -32,7 +53,7 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 1e-3 else f"{p:.3f}"
 
 
-def _interval(row: Row) -> str:
+def interval_text(row: Row) -> str:
     t = row.test
     if math.isnan(t.low):
         return DASH
@@ -56,7 +77,7 @@ def primary_text(claim: Claim) -> str:
         return f"primary test {what}: not judged, {claim.reason}"
     dropped = (f"; seed{'s' * (len(t.dropped) != 1)} {', '.join(map(str, t.dropped))} present on one side only, dropped"
                if t.dropped else "")
-    return (f"primary test {what}: {fmt_signed(t.estimate)}, 95% interval {_interval(row)}, p {fmt_p(t.p)}, "
+    return (f"primary test {what}: {fmt_signed(t.estimate)}, 95% interval {interval_text(row)}, p {fmt_p(t.p)}, "
             f"{counted(t.n, 'seed')}{dropped}")
 
 
@@ -109,7 +130,7 @@ def _claim(i: int, claim: Claim) -> list[Block]:
         t = r.test
         rows.append([r.role, metric(r.spec.metric).label, _against(r, claim),
                      fmt_pm(r.baseline) if r.baseline is not None else DASH, fmt_pm(r.candidate),
-                     fmt_signed(t.estimate), _interval(r), fmt_p(t.p), fmt_p(r.p_holm), str(t.n),
+                     fmt_signed(t.estimate), interval_text(r), fmt_p(t.p), fmt_p(r.p_holm), str(t.n),
                      Cell(r.outcome + (f" ({t.reason})" if t.reason else ""), r.outcome in (HOLDS, FAILS))])
     secondary = ", ".join(f"{n} {o}" for o, n in claim.secondary.items())
     verdict: Inline = [("b", f"Verdict: {claim.verdict}"), f" — {primary_text(claim)}."]

@@ -16,6 +16,7 @@
     [evaluation]      # optional: EvalSettings
     [resources]       # optional: what one run asks of a Ray cluster (cpus = 1, gpus = 0.25)
     [published]       # optional: published values the report prints beside ours (pyro_vae.study.published)
+    [related]         # optional: another study whose verdicts the report sets beside these (pyro_vae.study.related)
 
 RUNS_DIR/<variant>/seed-<seed>/ holds one run folder each, and RUNS_DIR/study.json the resolved study.
 """
@@ -34,6 +35,7 @@ from pyro_vae.evaluation.evaluate import EvalSettings
 from pyro_vae.io import read_json, read_toml
 from pyro_vae.study.claims import ClaimSpec, parse_claims
 from pyro_vae.study.published import check_published
+from pyro_vae.study.related import check_related
 from pyro_vae.study.resources import check_resources
 from pyro_vae.training.runs import STUDY_FILE
 
@@ -44,7 +46,7 @@ NAME_LIMIT = 100  # characters in a variant name: a folder name, well inside eve
 # Names a variant's folder may not take in RUNS_DIR: the study's own files and the default report folder.
 RESERVED = {STUDY_FILE, "report", ".lock"}
 COMPARE_KEYS = {"baseline", "candidate"}
-_TABLES = ("base", "compare", "evaluation", "claims", "published")
+_TABLES = ("base", "compare", "evaluation", "claims", "published", "related")
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Study:
     plugins: list[str] = field(default_factory=list)  # files (absolute paths) and modules to import first
     tensorboard: bool = False  # TensorBoard event files in every run folder
     published: dict = field(default_factory=dict)  # the [published] table, checked
+    related: dict = field(default_factory=dict)  # the [related] table, its paths absolute
 
     def plugin_records(self) -> list[dict]:
         return plugins.load_all(self.plugins)
@@ -88,7 +91,7 @@ class Study:
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "Study":
         known = {"name", "title", "description", "seeds", "base", "variants", "compare", "evaluation", "claims", "resources",
-                 "plugins", "tensorboard", "overrides", "published"}
+                 "plugins", "tensorboard", "overrides", "published", "related"}
         if not isinstance(d, dict):
             raise UserError(f"{source} must be a table of study settings (name, seeds, [base], [variants.NAME])")
         if set(d) - known:
@@ -133,6 +136,7 @@ class Study:
             resources=check_resources(dict(d.get("resources", {})), f"[resources] of {source}"), plugins=specs,
             tensorboard=d.get("tensorboard", False), overrides=dict(d.get("overrides", {})),
             published=check_published(dict(d.get("published", {})), source),
+            related=check_related(dict(d.get("related", {})), source),
         )
         settings = study.eval_settings()
         for variant in study.variants:  # every cell must be a valid config and model before anything runs

@@ -474,6 +474,53 @@ def test_published_numbers_stand_beside_ours(study_runs, tmp_path):
     assert f"VAE − AE: ours {'+' if gap > 0 else '−'}" in section and "published +20" in section
 
 
+def test_a_related_studys_verdicts_stand_beside_ours(study_runs, built, tmp_path):
+    """A [related] table: the other study's claims judged from its results.json by its own study file,
+    beside ours claim by claim, with the file's explanation; calibrated on values whose verdicts are known."""
+    study, runs_dir = study_runs
+    theirs = []
+    for seed in (0, 1, 2):  # three seeds of made-up values: spread holds (VAE 0.5 below AE), centre fails (KL 0.5)
+        for row in [r for r in json.loads((built[2] / "results.json").read_text()) if r["seed"] == 0]:  # AE, VAE
+            vae = row["variant"] == "VAE"
+            row["seed"] = seed
+            row["evaluation"]["logdet_spread_sd"] = (0.5 if vae else 1.0) + 0.01 * seed
+            if vae:
+                row["evaluation"]["aggregate_kl"] = 0.5 + 0.01 * seed
+            theirs.append(row)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(theirs))
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    record = json.loads((copy / "study.json").read_text())
+    here = Path(__file__).resolve().parents[2] / "studies"
+    record["related"] = {"study": "ae_vs_vae.toml", "results": str(other), "why": "The data differ, and so the weights.",
+                         "metrics": ["logdet_spread_sd", "recon_bce"]}
+    for bad, problem in (({"study": "ae_vs_vae.toml"}, "needs study, results and why"),
+                         ({**record["related"], "metrics": ["nats"]}, "unknown metric 'nats'")):
+        with pytest.raises(UserError, match=problem):
+            Study.from_dict({**record, "related": bad}, str(here / "x.toml"))
+    assert Study.from_dict(record, str(here / "x.toml")).related["study"] == str(here / "ae_vs_vae.toml")  # the file's folder
+    record["related"]["study"] = str(here / "ae_vs_vae.toml")
+    (copy / "study.json").write_text(json.dumps(record))
+    build_report(copy, tmp_path / "report", log=_quiet)
+    text = (tmp_path / "report" / "report.md").read_text()
+    section = text[text.index("## Against the study ae\\_vs\\_vae"):]
+    section = section[: section.index("\n## ", 1)]
+    assert "The data differ, and so the weights." in section and "its 6 runs, seeds 0, 1, 2" in section
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines() if line[:3] in ("| 1", "| 2", "| 3")]
+    assert [r[0][:2] for r in rows] == ["1.", "2.", "3."]
+    spread, centre = rows[2], rows[1]
+    assert spread[4] == "**holds**" and spread[1] != "**holds**" and spread[7] == "differs"  # ours: 2 seeds of 1 epoch
+    assert float(spread[6].split()[0].replace("+", "")) == pytest.approx(0.5) and spread[6].endswith(", 3 seeds")
+    assert centre[4] == "**fails**" and float(centre[6].split()[0].replace("+", "")) == pytest.approx(0.51)  # mean 0.51: outside the target 0 ± 0.1
+    spread_row = next(line for line in section.splitlines() if line.startswith("| sd of class log-volumes"))
+    assert [c.strip() for c in spread_row.split("|")[1:-1]][2:5:2] == ["1.010 ± 0.010", "0.510 ± 0.010"]  # AE, VAE there
+
+    (copy / "study.json").write_text(json.dumps({**record, "related": {**record["related"], "results": str(tmp_path / "gone.json")}}))
+    build_report(copy, tmp_path / "report2", log=_quiet)
+    assert "gone.json is not on this machine, so its verdicts are not set beside these" in (tmp_path / "report2" / "report.md").read_text()
+
+
 def test_a_bad_published_table_is_refused_when_the_study_is_read():
     for table, problem in (({"source": "x", "metric": "log_px_is"}, "needs source, metric and values"),
                            ({"source": "x", "metric": "nats", "values": {"VAE": 1.0}}, "unknown metric 'nats'"),
