@@ -39,4 +39,4 @@ def check_related(table: dict, source: str) -> dict:
     if unknown:
         raise UserError(f"unknown metric {unknown[0]!r} in {where}; known: {', '.join(METRICS)}")
     folder = Path(source).resolve().parent
-    return dict(table, metrics=list(shown), **{key: str(folder / table[key]) for key in ("study", "results")})
+    return dict(table, metrics=list(shown), **{key: str((folder / table[key]).resolve()) for key in ("study", "results")})
