@@ -122,15 +122,24 @@ class TrainConfig:
 
     @classmethod
     def keys(cls) -> list[str]:
+        """The names of every setting, in the order they are declared."""
         return [f.name for f in fields(cls)]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """The defaults with `values` set over them (see `update`); not yet validated."""
         cfg = cls()
         cfg.update(values, source)
         return cfg
 
     def update(self, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """Set the named settings (dashes read as underscores) and return this config.
+
+        An unknown name raises a one-line `UserError` naming it, `source` (where the values came from) and the
+        valid settings. Values are not checked here: call `validate()`.
+
+        Example: ``TrainConfig().update({"latent-dim": 10}, source="my.toml").latent_dim == 10``
+        """
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in self.keys():
@@ -139,9 +148,14 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting by name, as plain values (what a run's `config.json` records)."""
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
+        """Check every setting (type, range, a registered component name) and return this config.
+
+        The first problem raises a one-line `UserError` that names the setting, what it got and what it needs.
+        """
         from pyro_vae.components.guides import GUIDES
         from pyro_vae.components.likelihoods import LIKELIHOODS
         from pyro_vae.components.networks import NETWORKS

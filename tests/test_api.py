@@ -258,6 +258,10 @@ def test_every_public_name_and_run_method_has_a_docstring():
         assert doc, f"Run.{name} has no docstring"
         if name in ("encode", "decode", "sample", "data"):
             assert "Example" in doc and "Returns:" in doc, name
+    config_methods = [n for n, _ in inspect.getmembers(pyro_vae.TrainConfig, callable) if not n.startswith("_")]
+    assert {"keys", "from_dict", "update", "validate", "to_dict"} <= set(config_methods)
+    for name in config_methods:
+        assert inspect.getdoc(getattr(pyro_vae.TrainConfig, name)), f"TrainConfig.{name} has no docstring"
 
 
 def test_the_report_command_has_self_contained(tmp_path, capsys):

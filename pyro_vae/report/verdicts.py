@@ -63,7 +63,11 @@ def interval_text(row: Row) -> str:
 def _against(row: Row, claim: Claim) -> str:
     if row.spec.against == "target":
         return f"target {row.target:.4g} ± {row.spec.tolerance:g}"
-    return f"{claim.baseline}, paired by seed"
+    return f"{claim.baseline}, paired by seed" + (f"; predicted {row.spec.expect}" if row.spec.expect else "")
+
+
+def _improvement(row: Row) -> str:
+    return f"change in the predicted direction, {row.spec.expect}" if row.spec.expect else "improvement"
 
 
 def primary_text(claim: Claim) -> str:
@@ -72,7 +76,7 @@ def primary_text(claim: Claim) -> str:
     t = row.test
     what = (f"{metric(row.spec.metric).label} of {claim.candidate} against "
             + (f"its target {row.target:.4g} ± {row.spec.tolerance:g} (mean − target)"
-               if row.spec.against == "target" else f"{claim.baseline} (improvement, paired by seed)"))
+               if row.spec.against == "target" else f"{claim.baseline} ({_improvement(row)}, paired by seed)"))
     if claim.verdict == NOT_JUDGED:
         return f"primary test {what}: not judged, {claim.reason}"
     dropped = (f"; seed{'s' * (len(t.dropped) != 1)} {', '.join(map(str, t.dropped))} present on one side only, dropped"

@@ -11,7 +11,9 @@
 
 A test is a metric key (the candidate against the baseline, paired by seed) or a table
 { metric, against = "baseline" | "target", tolerance } (the candidate's values against the
-metric's ideal value). The claim's verdict is its primary test's outcome
+metric's ideal value), or { metric, expect = "lower" | "higher" } (against the baseline, the direction
+the claim predicts: needed for a metric with no better side, such as I(x; z), whose expected direction
+is the claim itself, e.g. a larger beta lowers it). The claim's verdict is its primary test's outcome
 (pyro_vae.study.statistics); the secondary tests are shown with Holm-adjusted p-values, and each
 primary's p-value is also Holm-adjusted across the study's claims (Claim.p_holm, Claim.verdict_holm).
 """
@@ -60,6 +62,7 @@ CLAIM_RULE = (
 )
 
 AGAINST = ("baseline", "target")
+EXPECT = ("lower", "higher")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class ClaimTest:
     metric: str
     against: str = "baseline"  # "baseline": candidate vs baseline, paired by seed; "target": vs the ideal value
     tolerance: float = 0.0  # target tests: how far from the target still counts as on it
+    expect: str | None = None  # baseline tests: the direction the claim predicts (None: the metric's better side)
 
 
 @dataclass
@@ -112,15 +116,21 @@ def _check_text(text, where: str) -> str:
 
 def _parse_test(entry, where: str) -> ClaimTest:
     table = {"metric": entry} if isinstance(entry, str) else entry
-    if not isinstance(table, dict) or set(table) - {"metric", "against", "tolerance"} or "metric" not in table:
+    if not isinstance(table, dict) or set(table) - {"metric", "against", "tolerance", "expect"} or "metric" not in table:
         raise UserError(f"{where} must be a metric key or a table {{ metric = \"KEY\", against = \"target\", "
-                        f"tolerance = 0.02 }}, got {entry!r}")
+                        f"tolerance = 0.02 }} or {{ metric = \"KEY\", expect = \"lower\" }}, got {entry!r}")
     key = check_value(f"metric in {where}", table["metric"], str)
     against = check_value(f"against in {where}", table.get("against", "baseline"), str)
+    expect = check_value(f"expect in {where}", table.get("expect"), str, optional=True)
     if key not in METRICS:
         raise UserError(f"unknown metric {key!r} in {where}; known: {', '.join(METRICS)}")
-    if METRICS[key].better is None:
-        raise UserError(f"metric {key!r} in {where} has no better side (it is bookkeeping) and cannot be judged")
+    if expect is not None and expect not in EXPECT:
+        raise UserError(f"expect = {expect!r} in {where} must be one of {', '.join(EXPECT)}")
+    if expect is not None and against != "baseline":
+        raise UserError(f"expect in {where} applies only to a test against the baseline")
+    if METRICS[key].better is None and expect is None:
+        raise UserError(f"metric {key!r} in {where} has no better side and cannot be judged as it is; state the "
+                        f"direction the claim predicts, {{ metric = \"{key}\", expect = \"lower\" }} or \"higher\"")
     if against not in AGAINST:
         raise UserError(f"against = {against!r} in {where} must be one of {', '.join(AGAINST)}")
     if against == "target" and METRICS[key].better != "target":
@@ -133,7 +143,7 @@ def _parse_test(entry, where: str) -> ClaimTest:
     check_value(f"tolerance in {where}", tolerance, float, 0, optional=True)
     if against == "baseline" and tolerance is not None:
         raise UserError(f"tolerance in {where} applies only to against = \"target\"")
-    return ClaimTest(key, against, float(tolerance or 0.0))
+    return ClaimTest(key, against, float(tolerance or 0.0), expect)
 
 
 def _parse_claim(name: str, table, variants: Sequence[str], compare_table: dict, source: str) -> ClaimSpec:
@@ -228,6 +238,8 @@ def _run_test(spec: ClaimTest, claim: ClaimSpec, values: Values, context: Mappin
     def side(variant):
         ctx = context.get(variant, {})
         data = values.get(variant, {}).get(spec.metric, {})
+        if spec.expect:
+            return data, (spec.expect, None)
         return data, direction(spec.metric, ctx.get("n_classes", 10), ctx.get("n_codes"), ctx.get("latent_dim"))
 
     cand, (better, target) = side(claim.candidate)

@@ -41,7 +41,7 @@ def _study(claims: dict, compare: dict | None = None) -> Study:
 # Reading and checking the tables
 
 
-def test_every_shipped_study_reads_and_only_the_ae_vs_vae_ones_state_claims():
+def test_every_shipped_study_reads_and_states_the_claims_its_sources_make():
     for path in sorted(STUDIES.glob("*.toml")):
         specs = Study.load(path).claim_specs()
         if path.stem.startswith("ae_vs_vae") or path.stem == "gdl_book":  # the book's experiment, the same claims
@@ -64,6 +64,14 @@ def test_every_shipped_study_reads_and_only_the_ae_vs_vae_ones_state_claims():
             assert [(c.candidate, c.baseline, c.primary.metric) for c in specs] == [
                 ("VampPrior", "MoG", "log_px_is"), ("MoG", "standard", "log_px_is"), ("VampPrior", "standard", "active_units")]
             assert all("Tomczak & Welling (2018)" in c.text for c in specs), path.name
+        elif path.stem == "beta_sweep":  # the rate-distortion trade (Alemi et al. 2018), beta = 1's bound, warm-up
+            assert [(c.key, c.candidate, c.baseline, c.primary) for c in specs] == [
+                ("rate", "beta-4", "beta-1", ClaimTest("mutual_information", expect="lower")),
+                ("rate_low_beta", "beta-0.25", "beta-1", ClaimTest("mutual_information", expect="higher")),
+                ("elbo_over_high_beta", "beta-1", "beta-4", ClaimTest("test_elbo")),
+                ("elbo_over_low_beta", "beta-1", "beta-0.25", ClaimTest("test_elbo")),
+                ("warmup", "beta-1-warmup", "beta-1", ClaimTest("log_px_exact"))]
+            assert all(c.text.startswith("Source: ") and "(20" in c.text for c in specs), path.name
         else:
             assert specs == [], path.name
 
@@ -108,6 +116,11 @@ def test_the_study_file_keeps_its_claims_through_study_json(tmp_path):
     ({"c": {**GOOD_CLAIM, "primary": {"metric": "share_in_95", "against": "AE"}}}, PAIR, "must be one of baseline, target"),
     ({"c": {**GOOD_CLAIM, "primary": {"metric": "mean_norm", "tolerance": 0.1}}}, PAIR, "tolerance .* only to against"),
     ({"c": {**GOOD_CLAIM, "primary": {"key": "mean_norm"}}}, PAIR, "must be a metric key or a table"),
+    ({"c": {**GOOD_CLAIM, "primary": "mutual_information"}}, PAIR, 'state the direction the claim predicts.*expect'),
+    ({"c": {**GOOD_CLAIM, "primary": {"metric": "mutual_information", "expect": "less"}}}, PAIR,
+     "expect = 'less' .* must be one of lower, higher"),
+    ({"c": {**GOOD_CLAIM, "primary": {"metric": "share_in_95", "against": "target", "tolerance": 0.02,
+                                      "expect": "lower"}}}, PAIR, "expect .* only to a test against the baseline"),
     # The old schema: one line saying what replaced it, and why.
     ({"c": {"title": "t", "metrics": ["mean_norm"]}}, PAIR, "metrics was replaced: name one primary"),
     ({"c": {**GOOD_CLAIM, "baseline_samplers": {"prior": ["prior", "box"]}}}, PAIR,
@@ -125,6 +138,29 @@ def test_a_claim_pair_must_be_variants_of_the_study_even_from_compare():
         _study({"c": GOOD_CLAIM}, {"baseline": "AE", "candidate": "nope"})
 
 
+
+
+def test_a_claim_on_a_metric_without_a_better_side_is_judged_in_the_direction_it_predicts():
+    # I(x; z) has no better side; a beta-VAE claim predicts it falls. Numbers of known answer, 3 seeds.
+    spec = _study({"rate": {"title": "{candidate} carries less information than {baseline}",
+                            "primary": {"metric": "mutual_information", "expect": "lower"}}}, PAIR).claim_specs()[0]
+    assert spec.primary == ClaimTest("mutual_information", expect="lower")
+    context = {v: {"latent_dim": 2} for v in ("AE", "VAE")}
+    base = {"mutual_information": {0: 5.0, 1: 5.1, 2: 4.9}}
+    lower = {"mutual_information": {0: 3.0, 1: 3.2, 2: 3.1}}
+    (falls,) = judge_claims([spec], {"AE": base, "VAE": lower}, context)
+    assert falls.verdict == HOLDS and falls.rows[0].better == "lower"
+    assert falls.rows[0].test.estimate == pytest.approx(1.9)  # the fall, signed in the predicted direction
+    (rises,) = judge_claims([spec], {"AE": lower, "VAE": base}, context)
+    assert rises.verdict == FAILS
+    # The report says the test is in the predicted direction.
+    from pyro_vae.report.verdicts import primary_text
+    assert "change in the predicted direction, lower" in primary_text(falls)
+    # A metric with a better side may state the direction too: here the claim predicts a worse reconstruction.
+    worse = _study({"r": {"title": "t", "primary": {"metric": "recon_bce", "expect": "higher"}}}, PAIR).claim_specs()[0]
+    (judged,) = judge_claims([worse], {"AE": {"recon_bce": {0: 100.0, 1: 101.0, 2: 99.0}},
+                                       "VAE": {"recon_bce": {0: 120.0, 1: 122.0, 2: 121.0}}}, context)
+    assert judged.verdict == HOLDS
 
 
 def test_a_claim_tested_only_against_targets_needs_no_baseline():
