@@ -149,5 +149,8 @@ def _claim(i: int, claim: Claim) -> list[Block]:
               rows, numeric=(3, 4, 5, 6, 7, 8, 9),
               caption="estimate: for a comparison, the mean over paired seeds of how much closer to ideal the candidate "
                       "is than the baseline (in the metric's units, for a target in distance to it; positive favours "
-                      "the candidate); for a target test, the candidate's mean minus the target"),
+                      "the candidate); for a target test, the candidate's mean minus the target"
+                      + ("; for a test whose direction the claim predicts (\"predicted lower\" or \"higher\"), how far "
+                         "the candidate moved from the baseline that way (positive: as predicted)"
+                         if any(r.spec.expect for r in claim.rows) else "")),
     ]

@@ -174,6 +174,10 @@ def test_a_claim_on_a_metric_without_a_better_side_is_judged_in_the_direction_it
     # The report says the test is in the predicted direction.
     from pyro_vae.report.verdicts import primary_text
     assert "change in the predicted direction, lower" in primary_text(falls)
+    from pyro_vae.report.document import Table
+    from pyro_vae.report.verdicts import claim_blocks
+    (table,) = [b for b in claim_blocks([falls]) if isinstance(b, Table)]
+    assert "predicted lower" in table.rows[0][2] and "positive: as predicted" in table.caption
     # A metric with a better side may state the direction too: here the claim predicts a worse reconstruction.
     worse = _study({"r": {"title": "t", "primary": {"metric": "recon_bce", "expect": "higher"}}}, PAIR).claim_specs()[0]
     (judged,) = judge_claims([worse], {"AE": {"recon_bce": {0: 100.0, 1: 101.0, 2: 99.0}},
