@@ -374,3 +374,19 @@ def test_study_quick_evaluates_with_the_preset_says_so_and_will_not_replace_a_fu
     code, out, err = run_cli(capsys, "report", str(tmp_path / "full"), "--out", str(tmp_path / "r"), "--quick")
     assert code == 2 and err.strip().endswith("--quick would replace that evaluation with a quicker one: drop --quick"), err
     assert (tmp_path / "full" / "VAE" / "seed-0" / "evaluation.json").read_bytes() == evaluation and not (tmp_path / "r").exists()
+
+
+def test_study_overrides_record_only_what_differs_from_the_file():
+    """`--seeds 0,1,2` on a file of those seeds (or `--set` of the file's own value) changes nothing, so the
+    report does not warn that the command line changed the study."""
+    from pyro_vae.study.overrides import with_overrides
+    from pyro_vae.study.spec import Study
+
+    study = Study.load("studies/ae_vs_vae.toml")
+    assert with_overrides(study, "f", {}, list(study.seeds)) is study
+    assert with_overrides(study, "f", {"lr": study.base["lr"]}, None) is study
+    assert with_overrides(study, "f", {"batch_size": 128 if study.base.get("batch_size", 128) != 128 else 64}, None) is not study
+    changed = with_overrides(study, "f", {"lr": study.base["lr"]}, [0])
+    assert changed.overrides == {"seeds": [0]} and changed.seeds == [0]
+    again = with_overrides(study, "f", {"lr": study.base["lr"] * 3}, list(study.seeds))
+    assert again.overrides == {"settings": {"lr": study.base["lr"] * 3}} and again.seeds == study.seeds

@@ -31,9 +31,10 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def with_overrides(study: Study, source: str, settings: dict[str, Any], seeds: list[int] | None = None) -> Study:
-    """The study with [base] settings and seeds replaced, validated like the file; unchanged without any."""
-    if not settings and seeds is None:
-        return study
+    """The study with [base] settings and seeds replaced, validated like the file; unchanged without any.
+
+    Only what differs from the file is recorded (and stated by the report): `--seeds 0,1,2` on a file of
+    those seeds, or `--set lr=1e-3` on a file whose [base] says so, changes nothing."""
     settings = {key.replace("-", "_"): value for key, value in settings.items()}
     known = TrainConfig.keys()
     for key in settings:
@@ -45,6 +46,12 @@ def with_overrides(study: Study, source: str, settings: dict[str, Any], seeds: l
         if setters:
             raise UserError(f"variant {setters[0]} of {source} sets {key} itself, so a [base] override would not reach it; "
                             "edit the study file instead")
+    defaults = TrainConfig()
+    settings = {key: value for key, value in settings.items() if study.base.get(key, getattr(defaults, key)) != value}
+    if seeds is not None and list(seeds) == list(study.seeds):
+        seeds = None
+    if not settings and seeds is None:
+        return study
     if "epochs" in settings and not (isinstance(settings["epochs"], int) and settings["epochs"] >= 1):
         raise UserError(f"a study trains every run for at least 1 epoch; got epochs={settings['epochs']!r}")
     d = asdict(study)
