@@ -44,9 +44,7 @@ def _study(claims: dict, compare: dict | None = None) -> Study:
 SWAP_CLAIMS = {
     "objective_swap": [("iwae_likelihood", "iwae-10d", "trace-10d", "log_px_is"),
                        ("iwae_active_units", "iwae-10d", "trace-10d", "active_units"),
-                       ("iwae_worse_encoder", "trace-10d", "iwae-10d", "test_elbo"),
-                       ("renyi_likelihood", "renyi-10d", "trace-10d", "log_px_is"),
-                       ("analytic_kl", "meanfield-10d", "trace-10d", "test_elbo")],
+                       ("iwae_worse_encoder", "trace-10d", "iwae-10d", "test_elbo")],
     "guide_swap": [("full_rank_gap", "full-rank-2d", "gaussian-2d", "gap_exact_minus_elbo"),
                    ("iaf_gap", "iaf-2d", "gaussian-2d", "gap_exact_minus_elbo")],
     "prior_swap": [("vamp_likelihood", "vamp-10d", "standard-normal-10d", "log_px_is"),
