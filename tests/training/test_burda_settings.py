@@ -87,7 +87,8 @@ def test_burda_schedule_is_the_papers():
 
 
 def test_burda_budget_keeps_every_stage_and_adds_up_to_the_budget():
-    assert budget_stage_lengths(8, 100, 8) == [8, 8, 8, 8, 9, 11, 16, 32]  # studies/burda_iwae.toml
+    assert budget_stage_lengths(8, 100, 8) == [8, 8, 8, 8, 9, 11, 16, 32]  # the first full-data burda_iwae run
+    assert budget_stage_lengths(8, 140, 16) == [16, 16, 16, 16, 16, 17, 19, 24]  # studies/burda_iwae.toml
     for stages, epochs, least in ((8, 133, 1), (8, 200, 12), (5, 37, 3), (3, 3, 1)):
         lengths = budget_stage_lengths(stages, epochs, least)
         assert sum(lengths) == epochs and min(lengths) >= least and lengths == sorted(lengths)
