@@ -116,19 +116,20 @@ def mlp(*, hidden: list[int] | None = None, activation: str = "relu") -> Network
 # times the epoch against plain PyTorch and the book's Keras code). Only the
 # activations move: the weights, their layout and their names stay as they are (channels-last weights
 # would make the compiled loss refuse them as constants), and flattening gives the same feature order.
-class FeatureMaps(nn.Unflatten):
+class _ChannelsLastOutput:
+    """Mixed in before a torch layer: its output laid out channels-last."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).contiguous(memory_format=torch.channels_last)
+
+
+class FeatureMaps(_ChannelsLastOutput, nn.Unflatten):
     """nn.Unflatten to (C, H, W) feature maps, laid out channels-last."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).contiguous(memory_format=torch.channels_last)
 
-
-class ChannelsLastConv2d(nn.Conv2d):
-    """nn.Conv2d whose output maps are laid out channels-last: for the first convolution, whose one-channel
-    input is laid out both ways at once, so torch would keep channels-first."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).contiguous(memory_format=torch.channels_last)
+class ChannelsLastConv2d(_ChannelsLastOutput, nn.Conv2d):
+    """nn.Conv2d with channels-last output maps: for the first convolution, whose one-channel input is
+    laid out both ways at once, so torch would keep channels-first."""
 
 
 def conv_encoder(out_dim: int, hidden_dim: int) -> nn.Module:
