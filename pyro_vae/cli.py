@@ -173,8 +173,8 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="folder holding <Name>/raw/*-ubyte[.gz], e.g. ~/data "
                                                       "(default: $PYRO_VAE_DATA, the cache, a download, the MNIST sample)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a [base] setting, e.g. --set lr=3e-4 or --set train_limit=2000 (repeatable; "
-                        "the value is read as TOML; default: none)")
+                   help="change a [base] setting, e.g. --set lr=3e-4 or --set train_limit=2000, or an [evaluation] "
+                        "one, e.g. --set evaluation.num_samples=1000 (repeatable; the value is read as TOML; default: none)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files into each run's tensorboard/ folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _quick_argument(p)

@@ -271,6 +271,8 @@ def test_study_overrides_are_checked_like_the_file(capsys, tmp_path):
         (["--seeds", "1,1"], "distinct whole numbers"),
         (["--epochs", "0"], "at least 1 epoch"),
         (["--set", "prior=vamp", "--set", "latent_dim=3"], "guide 'delta' has none"),
+        (["--set", "evaluation.num_sample=10"], "unknown evaluation setting 'evaluation.num_sample' in --set; valid: evaluation.num_samples"),
+        (["--set", "evaluation.num_samples=0"], "evaluation setting num_samples"),
     ]:
         code, _, err = run_cli(capsys, "study", study, "--out", str(tmp_path / "runs"), *argv)
         assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
@@ -390,3 +392,20 @@ def test_study_overrides_record_only_what_differs_from_the_file():
     assert changed.overrides == {"seeds": [0]} and changed.seeds == [0]
     again = with_overrides(study, "f", {"lr": study.base["lr"] * 3}, list(study.seeds))
     assert again.overrides == {"settings": {"lr": study.base["lr"] * 3}} and again.seeds == study.seeds
+
+
+def test_study_evaluation_overrides_change_the_evaluation_table_and_are_recorded():
+    """`--set evaluation.num_samples=1000` changes the study's [evaluation] table, not its [base], and is
+    recorded (the report states it); the file's own value changes nothing."""
+    from pyro_vae.study.overrides import with_overrides
+    from pyro_vae.study.spec import Study
+
+    study = Study.load("studies/vampprior.toml")
+    assert study.eval_settings().num_samples == 5000
+    assert with_overrides(study, "f", {"evaluation.num_samples": 5000}, None) is study
+    changed = with_overrides(study, "f", {"evaluation.num_samples": 1000, "evaluation.likelihood_images": 2000, "epochs": 30}, None)
+    settings = changed.eval_settings()
+    assert (settings.num_samples, settings.likelihood_images) == (1000, 2000)
+    assert changed.config("VampPrior", 0).epochs == 30 and "evaluation.num_samples" not in changed.base
+    assert changed.overrides == {"settings": {"epochs": 30, "evaluation.num_samples": 1000, "evaluation.likelihood_images": 2000}}
+    assert Study.from_dict(__import__("dataclasses").asdict(changed), "again").eval_settings() == settings  # study.json keeps it

@@ -1,8 +1,9 @@
 """Command-line changes to a study file (`pyro-vae study FILE --epochs 5 --seeds 0 --set lr=3e-4`).
 
-They change the [base] table and the seeds, and the result is checked exactly as the file would be
-(every cell a valid config); study.json records them under "overrides", so a report says what
-differs from the file.
+They change the [base] table, the [evaluation] table (`--set evaluation.num_samples=1000`) and the
+seeds, and the result is checked exactly as the file would be (every cell a valid config, the
+evaluation settings valid); study.json records them under "overrides", so a report says what differs
+from the file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.study.spec import Study
 
-__all__ = ["parse_seeds", "with_overrides", "with_quick"]
+__all__ = ["EVALUATION", "parse_seeds", "with_overrides", "with_quick"]
+
+EVALUATION = "evaluation."  # the prefix of an [evaluation] setting in --set
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -36,6 +39,8 @@ def with_overrides(study: Study, source: str, settings: dict[str, Any], seeds: l
     Only what differs from the file is recorded (and stated by the report): `--seeds 0,1,2` on a file of
     those seeds, or `--set lr=1e-3` on a file whose [base] says so, changes nothing."""
     settings = {key.replace("-", "_"): value for key, value in settings.items()}
+    evaluation = {key: value for key, value in settings.items() if key.startswith(EVALUATION)}
+    settings = {key: value for key, value in settings.items() if key not in evaluation}
     known = TrainConfig.keys()
     for key in settings:
         if key not in known:
@@ -48,19 +53,36 @@ def with_overrides(study: Study, source: str, settings: dict[str, Any], seeds: l
                             "edit the study file instead")
     defaults = TrainConfig()
     settings = {key: value for key, value in settings.items() if study.base.get(key, getattr(defaults, key)) != value}
+    evaluation = _evaluation_changes(study, evaluation)
     if seeds is not None and list(seeds) == list(study.seeds):
         seeds = None
-    if not settings and seeds is None:
+    if not settings and not evaluation and seeds is None:
         return study
     if "epochs" in settings and not (isinstance(settings["epochs"], int) and settings["epochs"] >= 1):
         raise UserError(f"a study trains every run for at least 1 epoch; got epochs={settings['epochs']!r}")
     d = asdict(study)
     d["base"] = {**d["base"], **settings}
+    d["evaluation"] = {**d["evaluation"], **{key[len(EVALUATION):]: value for key, value in evaluation.items()}}
+    settings = {**settings, **evaluation}
     recorded: dict[str, Any] = {"settings": settings} if settings else {}
     if seeds is not None:
         d["seeds"], recorded["seeds"] = seeds, seeds
     d["overrides"] = recorded
     return Study.from_dict(d, f"{source} with the command line's changes")
+
+
+def _evaluation_changes(study: Study, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The `evaluation.KEY` settings that differ from the study's [evaluation] table, each checked."""
+    from pyro_vae.evaluation.evaluate import EvalSettings
+
+    names = [f.name for f in dataclasses.fields(EvalSettings)]
+    for key in evaluation:
+        if key[len(EVALUATION):] not in names:
+            raise UserError(f"unknown evaluation setting {key!r} in --set; valid: {', '.join(EVALUATION + n for n in names)}")
+    own = study.eval_settings()
+    changed = {key: value for key, value in evaluation.items() if getattr(own, key[len(EVALUATION):]) != value}
+    EvalSettings.from_dict({**study.evaluation, **{key[len(EVALUATION):]: value for key, value in changed.items()}})
+    return changed
 
 
 def with_quick(study: Study, quick: bool, runs_dir: Path | None = None) -> Study:
